@@ -1,0 +1,73 @@
+# keyplane: every entry point a developer or CI needs. Each target creates the virtual
+# environment on first use, so a fresh clone needs nothing but Python 3.11+, a C
+# compiler and OpenSSL 3 headers.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+ASAN_VENV := .venv-asan
+ASAN_STAMP := $(ASAN_VENV)/.installed
+NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/*.h native/ffi/*.cdef native/build_ffi.py)
+
+# numpy's OpenBLAS threads busy-wait beside the benchmarks; keyplane never uses BLAS.
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: help install test test-unit native-asan bench-native bench lint typecheck clean
+
+help:
+	@echo "make test          build everything and run every test"
+	@echo "make native-asan   run the native tests under AddressSanitizer + UBSan"
+	@echo "make bench-native  the native HSM throughput table"
+	@echo "make lint          ruff and mypy"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The build needs setuptools and cffi in the environment because the package is
+# installed without build isolation: editable, so src/ changes apply without a rebuild.
+$(STAMP): $(PY) pyproject.toml setup.py $(NATIVE_SOURCES)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "setuptools>=69" "cffi>=1.17,<3" wheel
+	$(PIP) install --quiet --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit tests/vectors
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench native
+	$(VENV)/bin/mypy
+
+# The native module rebuilt with AddressSanitizer and UndefinedBehaviorSanitizer in its
+# own environment, then the native tests and vectors under it. Python itself is not
+# instrumented, so the ASan runtime is preloaded and leak checking (which would report
+# the interpreter's own allocations) is off; UBSan findings abort the run.
+$(ASAN_STAMP): $(NATIVE_SOURCES) pyproject.toml setup.py
+	$(PYTHON) -m venv $(ASAN_VENV)
+	$(ASAN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ASAN_VENV)/bin/python -m pip install --quiet "setuptools>=69" "cffi>=1.17,<3" wheel
+	KEYPLANE_SANITIZE=address,undefined $(ASAN_VENV)/bin/python -m pip install --quiet \
+		--no-build-isolation --force-reinstall --no-cache-dir ".[test]"
+	touch $(ASAN_STAMP)
+
+native-asan: $(ASAN_STAMP)
+	cd tests && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		../$(ASAN_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		-o addopts="" -o filterwarnings="" unit/native unit/hsm vectors
+
+bench-native: $(STAMP)
+	$(PY) bench/native.py
+
+bench: bench-native
+
+clean:
+	rm -rf $(VENV) $(ASAN_VENV) build dist src/*.egg-info src/keyplane/native/_kp*.so

@@ -1,0 +1,1 @@
+"""keyplane: a local key management service speaking the AWS KMS protocol."""

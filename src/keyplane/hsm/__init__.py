@@ -1,0 +1,22 @@
+"""The emulated HSM: partitions (shared or dedicated tenancy), key slots held by handle,
+and batch operations over them. It knows nothing of KMS keys, accounts or policies."""
+
+from keyplane.hsm._hsm import (
+    Hsm,
+    KeySlot,
+    Partition,
+    Tenancy,
+    decrypt_batch,
+    encrypt_batch,
+    generate_data_key_batch,
+)
+
+__all__ = [
+    "Hsm",
+    "KeySlot",
+    "Partition",
+    "Tenancy",
+    "decrypt_batch",
+    "encrypt_batch",
+    "generate_data_key_batch",
+]

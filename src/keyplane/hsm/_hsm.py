@@ -1,0 +1,332 @@
+"""The emulated HSM: partitions by tenancy, key slots as handles, batch operations.
+
+Shared tenancy (AWS KMS's multi-tenant fleet) puts every shared partition in one native
+HSM, so one batch may carry items of many tenants. Dedicated tenancy (a CloudHSM cluster
+behind a custom key store) gives a partition a native HSM of its own: its own lock, its
+own capacity, and no batch ever mixes it with another tenant. This layer knows
+partitions and handles, never accounts, key ids or policies.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Sequence
+from typing import Any, NoReturn, final
+
+from keyplane import native
+from keyplane.errors import PartitionMismatchError, ValidationError
+
+Results = list[native.Result]
+DataKeyResults = list[native.DataKey | Any]
+
+
+class Tenancy(enum.Enum):
+    """Where a partition's keys live."""
+
+    SHARED = "shared"
+    """In the shared HSM fleet, batched together with other tenants' items."""
+    DEDICATED = "dedicated"
+    """In an HSM of its own, never batched with another tenant."""
+
+
+@final
+class KeySlot:
+    """A handle to one AES-256 key inside a partition.
+
+    It carries no key bytes and cannot be pickled or copied: the material stays in the
+    native HSM, and the handle is only a name for it.
+    """
+
+    __slots__ = ("__weakref__", "_handle", "_partition")
+
+    def __init__(self, partition: Partition, handle: int) -> None:
+        self._partition = partition
+        self._handle = handle
+
+    @property
+    def handle(self) -> int:
+        """The native HSM's name for this slot (never reused, not a secret)."""
+        return self._handle
+
+    @property
+    def partition(self) -> Partition:
+        return self._partition
+
+    def __repr__(self) -> str:
+        p = self._partition
+        return f"KeySlot(partition={p.id}, tenancy={p.tenancy.value}, handle={self._handle:#x})"
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError("a KeySlot cannot be pickled: key material never leaves the HSM")
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("a KeySlot cannot be copied")
+
+    def __deepcopy__(self, memo: Any) -> NoReturn:
+        raise TypeError("a KeySlot cannot be copied")
+
+
+@final
+class Partition:
+    """A tenant's isolated key space, in the shared fleet or in an HSM of its own.
+
+    Its batch methods refuse (per item, with ``PartitionMismatchError``) any slot that
+    belongs to another partition.
+    """
+
+    def __init__(self, hsm: Hsm, native_hsm: native.NativeHsm, partition_id: int,
+                 tenancy: Tenancy) -> None:
+        self._hsm = hsm
+        self._native = native_hsm
+        self._id = partition_id
+        self._tenancy = tenancy
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @property
+    def tenancy(self) -> Tenancy:
+        return self._tenancy
+
+    @property
+    def native(self) -> native.NativeHsm:
+        """The native HSM that holds this partition (shared or its own)."""
+        return self._native
+
+    def __repr__(self) -> str:
+        return f"Partition(id={self._id}, tenancy={self._tenancy.value})"
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError("a Partition cannot be pickled; export() it instead")
+
+    # --- keys -----------------------------------------------------------------------
+
+    def generate_key(self) -> KeySlot:
+        """A fresh AES-256 key generated inside the HSM."""
+        return KeySlot(self, self._native.keyslot_generate(self._id))
+
+    def import_key(self, wrapped: bytes, context: bytes = b"") -> KeySlot:
+        """A key from ``export_key`` of this partition, unwrapped inside the HSM.
+
+        Raises:
+            InvalidCiphertextError: wrapped by another partition, for another context,
+                or altered.
+            ValidationError: the context is too long.
+        """
+        _check_context(context)
+        return KeySlot(self, self._native.keyslot_import(self._id, wrapped, context))
+
+    def export_key(self, slot: KeySlot, context: bytes = b"") -> bytes:
+        """The slot's key wrapped under this partition's key, bound to ``context``: the
+        only form in which key material leaves the HSM for storage.
+
+        Raises:
+            PartitionMismatchError: the slot belongs to another partition.
+            KeyUnavailableError: the slot was destroyed.
+        """
+        _check_context(context)
+        self._require_own(slot)
+        return self._native.keyslot_export(self._id, slot.handle, context)
+
+    def destroy_key(self, slot: KeySlot) -> None:
+        """Destroy the slot's key; every later use of the slot fails.
+
+        Raises:
+            PartitionMismatchError: the slot belongs to another partition.
+            KeyUnavailableError: the slot was already destroyed.
+        """
+        self._require_own(slot)
+        self._native.keyslot_destroy(self._id, slot.handle)
+
+    def export(self) -> bytes:
+        """This partition's wrapping key, wrapped under the root key (for storage)."""
+        return self._native.partition_export(self._id)
+
+    def destroy(self) -> None:
+        """Destroy the partition and every key in it."""
+        self._hsm._forget(self)
+        self._native.partition_destroy(self._id)
+        if self._tenancy is Tenancy.DEDICATED:
+            self._native.close()
+
+    def _require_own(self, slot: KeySlot) -> None:
+        if slot.partition is not self:
+            raise PartitionMismatchError("the key slot belongs to another partition")
+
+    # --- batches --------------------------------------------------------------------
+
+    def encrypt_batch(self, slots: KeySlot | Sequence[KeySlot],
+                      plaintexts: Sequence[bytes], aad: native.Aad = None) -> Results:
+        """Seal each plaintext under its slot of this partition, in one native call.
+
+        Args:
+            slots: one slot for every item, or one per item.
+            plaintexts: 1 .. ``native.MAX_INPUT_BYTES`` bytes each.
+            aad: None, one AAD for every item, or one per item.
+
+        Returns:
+            Per item, ``IV || ciphertext || tag``, or the error that failed that item
+            alone (``ValidationError``, ``KeyUnavailableError``,
+            ``PartitionMismatchError``).
+
+        Raises:
+            HsmFaultError: an internal fault of the HSM; the whole batch fails.
+        """
+        return self._native.encrypt_batch(self._id, _handles(slots, self._native),
+                                          plaintexts, aad)
+
+    def decrypt_batch(self, slots: KeySlot | Sequence[KeySlot],
+                      ciphertexts: Sequence[bytes], aad: native.Aad = None) -> Results:
+        """Open each ``IV || ciphertext || tag``; per item the plaintext or its error
+        (``InvalidCiphertextError`` for any alteration or a different AAD)."""
+        return self._native.decrypt_batch(self._id, _handles(slots, self._native),
+                                          ciphertexts, aad)
+
+    def generate_data_key_batch(self, slots: KeySlot | Sequence[KeySlot],
+                                key_bytes: int | Sequence[int], n: int,
+                                aad: native.Aad = None) -> DataKeyResults:
+        """Make ``n`` data keys; per item ``(plaintext key, sealed key)`` or its error."""
+        return self._native.generate_data_key_batch(
+            self._id, _handles(slots, self._native), key_bytes, n, aad)
+
+
+class Hsm:
+    """The emulated HSM of one keyplane service: a shared fleet plus dedicated HSMs.
+
+    Thread-safe: batches may run on several threads at once (the native calls release
+    the GIL); creating and destroying partitions takes a lock.
+    """
+
+    def __init__(self, root_key: bytearray) -> None:
+        """Start an HSM whose partition keys are wrapped under ``root_key``.
+
+        Args:
+            root_key: 32 bytes. The HSM keeps its own copy in locked memory and zeroes
+                this one, so the root key lives in exactly one place.
+
+        Raises:
+            ValidationError: the root key is not 32 bytes.
+        """
+        try:
+            self._shared = native.NativeHsm(root_key)
+        finally:
+            root_key[:] = bytes(len(root_key))
+        self._lock = threading.Lock()
+        self._partitions: dict[tuple[int, int], Partition] = {}
+
+    def __repr__(self) -> str:
+        return f"<Hsm partitions={len(self._partitions)}>"
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError("an Hsm cannot be pickled")
+
+    @property
+    def shared(self) -> native.NativeHsm:
+        """The native HSM of the shared fleet."""
+        return self._shared
+
+    def partitions(self) -> list[Partition]:
+        with self._lock:
+            return list(self._partitions.values())
+
+    def create_partition(self, tenancy: Tenancy = Tenancy.SHARED) -> Partition:
+        """A new partition with a wrapping key generated inside the HSM."""
+        target = self._native_for(tenancy)
+        return self._adopt(target, target.partition_create(), tenancy)
+
+    def open_partition(self, wrapped: bytes, tenancy: Tenancy = Tenancy.SHARED
+                       ) -> Partition:
+        """Recreate a partition from ``Partition.export()``, as storage keeps it.
+
+        Raises:
+            InvalidCiphertextError: wrapped under another root key, or altered.
+            MalformedNativeCallError: not a wrapped partition key at all.
+        """
+        target = self._native_for(tenancy)
+        try:
+            partition_id = target.partition_open(wrapped)
+        except BaseException:
+            if target is not self._shared:
+                target.close()
+            raise
+        return self._adopt(target, partition_id, tenancy)
+
+    def close(self) -> None:
+        """Destroy every partition and cleanse every key."""
+        with self._lock:
+            dedicated = [p.native for p in self._partitions.values()
+                         if p.tenancy is Tenancy.DEDICATED]
+            self._partitions.clear()
+        for hsm in dedicated:
+            hsm.close()
+        self._shared.close()
+
+    def _native_for(self, tenancy: Tenancy) -> native.NativeHsm:
+        if tenancy is Tenancy.SHARED:
+            return self._shared
+        return self._shared.sibling()
+
+    def _adopt(self, target: native.NativeHsm, partition_id: int, tenancy: Tenancy
+               ) -> Partition:
+        partition = Partition(self, target, partition_id, tenancy)
+        with self._lock:
+            self._partitions[(id(target), partition_id)] = partition
+        return partition
+
+    def _forget(self, partition: Partition) -> None:
+        with self._lock:
+            self._partitions.pop((id(partition.native), partition.id), None)
+
+
+def encrypt_batch(slots: KeySlot | Sequence[KeySlot], plaintexts: Sequence[bytes],
+                  aad: native.Aad = None) -> Results:
+    """Seal items of any partitions of one native HSM (the shared fleet mixes tenants).
+
+    Raises:
+        PartitionMismatchError: the slots span more than one native HSM.
+    """
+    target, handles = _across(slots)
+    return target.encrypt_batch(0, handles, plaintexts, aad)
+
+
+def decrypt_batch(slots: KeySlot | Sequence[KeySlot], ciphertexts: Sequence[bytes],
+                  aad: native.Aad = None) -> Results:
+    """Open items of any partitions of one native HSM."""
+    target, handles = _across(slots)
+    return target.decrypt_batch(0, handles, ciphertexts, aad)
+
+
+def generate_data_key_batch(slots: KeySlot | Sequence[KeySlot],
+                            key_bytes: int | Sequence[int], n: int,
+                            aad: native.Aad = None) -> DataKeyResults:
+    """Make data keys under slots of any partitions of one native HSM."""
+    target, handles = _across(slots)
+    return target.generate_data_key_batch(0, handles, key_bytes, n, aad)
+
+
+def _handles(slots: KeySlot | Sequence[KeySlot], target: native.NativeHsm
+             ) -> int | list[int]:
+    """Handles for a native call on ``target``; a slot of another native HSM is left for
+    the HSM to refuse per item (its handle names another HSM)."""
+    if isinstance(slots, KeySlot):
+        return slots.handle
+    return [slot.handle for slot in slots]
+
+
+def _across(slots: KeySlot | Sequence[KeySlot]) -> tuple[native.NativeHsm, int | list[int]]:
+    if isinstance(slots, KeySlot):
+        return slots.partition.native, slots.handle
+    if not slots:
+        raise ValidationError("a batch needs at least one slot")
+    target = slots[0].partition.native
+    if any(slot.partition.native is not target for slot in slots):
+        raise PartitionMismatchError("one batch cannot span several HSMs")
+    return target, [slot.handle for slot in slots]
+
+
+def _check_context(context: bytes) -> None:
+    if len(context) > native.MAX_CONTEXT_BYTES:
+        raise ValidationError(
+            f"a key's wrapping context is at most {native.MAX_CONTEXT_BYTES} bytes")

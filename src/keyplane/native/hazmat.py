@@ -1,0 +1,78 @@
+"""Hazardous entry points for known-answer tests only: raw keys and chosen IVs.
+
+A raw key entering in plaintext and a caller-chosen IV both break what the HSM
+otherwise guarantees (key material enters only wrapped; every IV is fresh and random).
+Known-answer vectors need exactly those, so they live here, apart, and nothing in
+keyplane imports this module; tests/unit/test_layering.py checks that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from keyplane.native import _pack
+from keyplane.native._hsm import NativeHsm, Result, _with_failures
+from keyplane.native._kp import ffi, lib
+from keyplane.native._status import raise_for_status
+
+# (IV, input, AAD): the input is a plaintext to seal, or ciphertext || tag to open.
+Item = tuple[bytes, bytes, bytes]
+
+
+def import_raw_key(hsm: NativeHsm, partition: int, key: bytearray) -> int:
+    """Put a raw 32-byte key into a new slot; the caller's copy is zeroed.
+
+    Raises:
+        ValidationError: the key is not 32 bytes.
+    """
+    try:
+        out = ffi.new("kp_handle *")
+        raise_for_status(lib.kp_hazmat_import_raw(hsm.ptr, partition,
+                                                  ffi.from_buffer(key), len(key), out))
+        return int(out[0])
+    finally:
+        key[:] = bytes(len(key))
+
+
+def seal_with_ivs(hsm: NativeHsm, handles: int | Sequence[int], items: Sequence[Item],
+                  tag_bytes: int | Sequence[int] = 16) -> list[Result]:
+    """Seal each (IV, plaintext, AAD) with its chosen IV: ``ciphertext || tag``."""
+    return _run(lib.kp_hazmat_seal_batch, hsm, handles, items, tag_bytes, sealing=True)
+
+
+def open_with_ivs(hsm: NativeHsm, handles: int | Sequence[int], items: Sequence[Item],
+                  tag_bytes: int | Sequence[int] = 16) -> list[Result]:
+    """Open each (IV, ciphertext || tag, AAD): the plaintext or the item's error."""
+    return _run(lib.kp_hazmat_open_batch, hsm, handles, items, tag_bytes, sealing=False)
+
+
+def _run(call: Any, hsm: NativeHsm, handles: int | Sequence[int], items: Sequence[Item],
+         tag_bytes: int | Sequence[int], *, sealing: bool) -> list[Result]:
+    n = len(items)
+    if n == 0:
+        return []
+    small = _pack.scratch() if n <= _pack.SMALL_BATCH else None
+    ivs_, ins_, aads_ = zip(*items, strict=True)
+    ivs = _pack.spans(ivs_, n, small, "iv")
+    ins = _pack.spans(ins_, n, small, "in")
+    aads = _pack.spans(aads_, n, small, "aad")
+    handle_ptr, _keep_handles = _pack.handles(handles, n, small)
+    tag_ptr, tags, _keep_tags = _pack.sizes_array(tag_bytes, n, small, "tag_len")
+    in_lens, tag_lens = _pack.as_ints(ins[3]), _pack.as_ints(tags)
+    if sealing:
+        sizes = [i + t for i, t in zip(in_lens, tag_lens, strict=True)]
+    else:
+        sizes = [max(i - t, 0) for i, t in zip(in_lens, tag_lens, strict=True)]
+    out_off, offsets, total, _keep_offsets = _pack.outputs(
+        sizes if small else _pack.np_sizes(sizes), small)
+    out = _pack.output_buffer(total, small)
+    status = _pack.status_array(n, small)
+    try:
+        raise_for_status(call(hsm.ptr, n, handle_ptr, ivs[0], len(ivs[0]), ivs[1], ivs[2],
+                              ins[0], len(ins[0]), ins[1], ins[2], aads[0], len(aads[0]),
+                              aads[1], aads[2], tag_ptr, out, total, out_off, status))
+        results = _pack.split(out, total, sizes, _pack.as_ints(offsets))
+    finally:
+        _pack.wipe(out, total)
+    return _with_failures(results, status, n)
