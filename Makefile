@@ -58,6 +58,9 @@ $(ASAN_STAMP): $(NATIVE_SOURCES) pyproject.toml setup.py
 	touch $(ASAN_STAMP)
 
 native-asan: $(ASAN_STAMP)
+	@# Refuse to report a clean run of a module that was not instrumented.
+	objdump -p $$(find $(ASAN_VENV)/lib -name '_kp*.so') | grep -q 'NEEDED.*libasan' \
+		|| { echo "native-asan: the installed module is not built with ASan"; exit 1; }
 	cd tests && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

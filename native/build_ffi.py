@@ -17,13 +17,24 @@ SOURCES = ["hsm.c", "gcm.c", "rand.c", "secmem.c"]
 
 
 def _compile_args() -> tuple[list[str], list[str]]:
-    compile_args = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                    "-fvisibility=hidden", "-D_GNU_SOURCE"]
+    compile_args = [
+        "-std=c11",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+        "-fvisibility=hidden",
+        "-D_GNU_SOURCE",
+    ]
     link_args: list[str] = []
     sanitize = os.environ.get("KEYPLANE_SANITIZE", "").strip()
     if sanitize:
-        flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer",
-                 "-fno-sanitize-recover=all", "-g"]
+        flags = [
+            f"-fsanitize={sanitize}",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=all",
+            "-g",
+        ]
         compile_args = [a for a in compile_args if a != "-O2"] + ["-O1", *flags]
         link_args += flags
     return compile_args, link_args

@@ -37,7 +37,7 @@ class LimitExceededError(KeyplaneError):
 
 
 class InternalError(KeyplaneError):
-    """A fault of keyplane itself rather than of the request; never the caller's fault."""
+    """A fault of keyplane itself rather than of the request."""
 
 
 class MalformedNativeCallError(InternalError):

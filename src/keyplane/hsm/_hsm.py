@@ -14,11 +14,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn, final
 
-from keyplane import native
 from keyplane.errors import PartitionMismatchError, ValidationError
+from keyplane.native import MAX_CONTEXT_BYTES, Aad, DataKey, NativeHsm, Result
 
-Results = list[native.Result]
-DataKeyResults = list[native.DataKey | Any]
+Results = list[Result]
+DataKeyResults = list[DataKey | Any]
 
 
 class Tenancy(enum.Enum):
@@ -55,10 +55,15 @@ class KeySlot:
 
     def __repr__(self) -> str:
         p = self._partition
-        return f"KeySlot(partition={p.id}, tenancy={p.tenancy.value}, handle={self._handle:#x})"
+        return (
+            f"KeySlot(partition={p.id}, tenancy={p.tenancy.value}, "
+            f"handle={self._handle:#x})"
+        )
 
     def __reduce_ex__(self, protocol: Any) -> NoReturn:
-        raise TypeError("a KeySlot cannot be pickled: key material never leaves the HSM")
+        raise TypeError(
+            "a KeySlot cannot be pickled: key material never leaves the HSM"
+        )
 
     def __copy__(self) -> NoReturn:
         raise TypeError("a KeySlot cannot be copied")
@@ -75,8 +80,13 @@ class Partition:
     belongs to another partition.
     """
 
-    def __init__(self, hsm: Hsm, native_hsm: native.NativeHsm, partition_id: int,
-                 tenancy: Tenancy) -> None:
+    def __init__(
+        self,
+        hsm: Hsm,
+        native_hsm: NativeHsm,
+        partition_id: int,
+        tenancy: Tenancy,
+    ) -> None:
         self._hsm = hsm
         self._native = native_hsm
         self._id = partition_id
@@ -91,7 +101,7 @@ class Partition:
         return self._tenancy
 
     @property
-    def native(self) -> native.NativeHsm:
+    def native(self) -> NativeHsm:
         """The native HSM that holds this partition (shared or its own)."""
         return self._native
 
@@ -101,7 +111,7 @@ class Partition:
     def __reduce_ex__(self, protocol: Any) -> NoReturn:
         raise TypeError("a Partition cannot be pickled; export() it instead")
 
-    # --- keys -----------------------------------------------------------------------
+    # --- keys -------------------------------------------------------------------------
 
     def generate_key(self) -> KeySlot:
         """A fresh AES-256 key generated inside the HSM."""
@@ -155,15 +165,19 @@ class Partition:
         if slot.partition is not self:
             raise PartitionMismatchError("the key slot belongs to another partition")
 
-    # --- batches --------------------------------------------------------------------
+    # --- batches ----------------------------------------------------------------------
 
-    def encrypt_batch(self, slots: KeySlot | Sequence[KeySlot],
-                      plaintexts: Sequence[bytes], aad: native.Aad = None) -> Results:
+    def encrypt_batch(
+        self,
+        slots: KeySlot | Sequence[KeySlot],
+        plaintexts: Sequence[bytes],
+        aad: Aad = None,
+    ) -> Results:
         """Seal each plaintext under its slot of this partition, in one native call.
 
         Args:
             slots: one slot for every item, or one per item.
-            plaintexts: 1 .. ``native.MAX_INPUT_BYTES`` bytes each.
+            plaintexts: 1 .. ``keyplane.native.MAX_INPUT_BYTES`` bytes each.
             aad: None, one AAD for every item, or one per item.
 
         Returns:
@@ -174,22 +188,33 @@ class Partition:
         Raises:
             HsmFaultError: an internal fault of the HSM; the whole batch fails.
         """
-        return self._native.encrypt_batch(self._id, _handles(slots, self._native),
-                                          plaintexts, aad)
+        return self._native.encrypt_batch(
+            self._id, _handles(slots, self._native), plaintexts, aad
+        )
 
-    def decrypt_batch(self, slots: KeySlot | Sequence[KeySlot],
-                      ciphertexts: Sequence[bytes], aad: native.Aad = None) -> Results:
+    def decrypt_batch(
+        self,
+        slots: KeySlot | Sequence[KeySlot],
+        ciphertexts: Sequence[bytes],
+        aad: Aad = None,
+    ) -> Results:
         """Open each ``IV || ciphertext || tag``; per item the plaintext or its error
         (``InvalidCiphertextError`` for any alteration or a different AAD)."""
-        return self._native.decrypt_batch(self._id, _handles(slots, self._native),
-                                          ciphertexts, aad)
+        return self._native.decrypt_batch(
+            self._id, _handles(slots, self._native), ciphertexts, aad
+        )
 
-    def generate_data_key_batch(self, slots: KeySlot | Sequence[KeySlot],
-                                key_bytes: int | Sequence[int], n: int,
-                                aad: native.Aad = None) -> DataKeyResults:
-        """Make ``n`` data keys; per item ``(plaintext key, sealed key)`` or its error."""
+    def generate_data_key_batch(
+        self,
+        slots: KeySlot | Sequence[KeySlot],
+        key_bytes: int | Sequence[int],
+        n: int,
+        aad: Aad = None,
+    ) -> DataKeyResults:
+        """Make ``n`` data keys: per item ``(plaintext, sealed key)`` or its error."""
         return self._native.generate_data_key_batch(
-            self._id, _handles(slots, self._native), key_bytes, n, aad)
+            self._id, _handles(slots, self._native), key_bytes, n, aad
+        )
 
 
 class Hsm:
@@ -210,7 +235,7 @@ class Hsm:
             ValidationError: the root key is not 32 bytes.
         """
         try:
-            self._shared = native.NativeHsm(root_key)
+            self._shared = NativeHsm(root_key)
         finally:
             root_key[:] = bytes(len(root_key))
         self._lock = threading.Lock()
@@ -223,7 +248,7 @@ class Hsm:
         raise TypeError("an Hsm cannot be pickled")
 
     @property
-    def shared(self) -> native.NativeHsm:
+    def shared(self) -> NativeHsm:
         """The native HSM of the shared fleet."""
         return self._shared
 
@@ -236,8 +261,9 @@ class Hsm:
         target = self._native_for(tenancy)
         return self._adopt(target, target.partition_create(), tenancy)
 
-    def open_partition(self, wrapped: bytes, tenancy: Tenancy = Tenancy.SHARED
-                       ) -> Partition:
+    def open_partition(
+        self, wrapped: bytes, tenancy: Tenancy = Tenancy.SHARED
+    ) -> Partition:
         """Recreate a partition from ``Partition.export()``, as storage keeps it.
 
         Raises:
@@ -256,20 +282,24 @@ class Hsm:
     def close(self) -> None:
         """Destroy every partition and cleanse every key."""
         with self._lock:
-            dedicated = [p.native for p in self._partitions.values()
-                         if p.tenancy is Tenancy.DEDICATED]
+            dedicated = [
+                p.native
+                for p in self._partitions.values()
+                if p.tenancy is Tenancy.DEDICATED
+            ]
             self._partitions.clear()
         for hsm in dedicated:
             hsm.close()
         self._shared.close()
 
-    def _native_for(self, tenancy: Tenancy) -> native.NativeHsm:
+    def _native_for(self, tenancy: Tenancy) -> NativeHsm:
         if tenancy is Tenancy.SHARED:
             return self._shared
         return self._shared.sibling()
 
-    def _adopt(self, target: native.NativeHsm, partition_id: int, tenancy: Tenancy
-               ) -> Partition:
+    def _adopt(
+        self, target: NativeHsm, partition_id: int, tenancy: Tenancy
+    ) -> Partition:
         partition = Partition(self, target, partition_id, tenancy)
         with self._lock:
             self._partitions[(id(target), partition_id)] = partition
@@ -280,8 +310,11 @@ class Hsm:
             self._partitions.pop((id(partition.native), partition.id), None)
 
 
-def encrypt_batch(slots: KeySlot | Sequence[KeySlot], plaintexts: Sequence[bytes],
-                  aad: native.Aad = None) -> Results:
+def encrypt_batch(
+    slots: KeySlot | Sequence[KeySlot],
+    plaintexts: Sequence[bytes],
+    aad: Aad = None,
+) -> Results:
     """Seal items of any partitions of one native HSM (the shared fleet mixes tenants).
 
     Raises:
@@ -291,23 +324,28 @@ def encrypt_batch(slots: KeySlot | Sequence[KeySlot], plaintexts: Sequence[bytes
     return target.encrypt_batch(0, handles, plaintexts, aad)
 
 
-def decrypt_batch(slots: KeySlot | Sequence[KeySlot], ciphertexts: Sequence[bytes],
-                  aad: native.Aad = None) -> Results:
+def decrypt_batch(
+    slots: KeySlot | Sequence[KeySlot],
+    ciphertexts: Sequence[bytes],
+    aad: Aad = None,
+) -> Results:
     """Open items of any partitions of one native HSM."""
     target, handles = _across(slots)
     return target.decrypt_batch(0, handles, ciphertexts, aad)
 
 
-def generate_data_key_batch(slots: KeySlot | Sequence[KeySlot],
-                            key_bytes: int | Sequence[int], n: int,
-                            aad: native.Aad = None) -> DataKeyResults:
+def generate_data_key_batch(
+    slots: KeySlot | Sequence[KeySlot],
+    key_bytes: int | Sequence[int],
+    n: int,
+    aad: Aad = None,
+) -> DataKeyResults:
     """Make data keys under slots of any partitions of one native HSM."""
     target, handles = _across(slots)
     return target.generate_data_key_batch(0, handles, key_bytes, n, aad)
 
 
-def _handles(slots: KeySlot | Sequence[KeySlot], target: native.NativeHsm
-             ) -> int | list[int]:
+def _handles(slots: KeySlot | Sequence[KeySlot], target: NativeHsm) -> int | list[int]:
     """Handles for a native call on ``target``; a slot of another native HSM is left for
     the HSM to refuse per item (its handle names another HSM)."""
     if isinstance(slots, KeySlot):
@@ -315,7 +353,9 @@ def _handles(slots: KeySlot | Sequence[KeySlot], target: native.NativeHsm
     return [slot.handle for slot in slots]
 
 
-def _across(slots: KeySlot | Sequence[KeySlot]) -> tuple[native.NativeHsm, int | list[int]]:
+def _across(
+    slots: KeySlot | Sequence[KeySlot],
+) -> tuple[NativeHsm, int | list[int]]:
     if isinstance(slots, KeySlot):
         return slots.partition.native, slots.handle
     if not slots:
@@ -327,6 +367,7 @@ def _across(slots: KeySlot | Sequence[KeySlot]) -> tuple[native.NativeHsm, int |
 
 
 def _check_context(context: bytes) -> None:
-    if len(context) > native.MAX_CONTEXT_BYTES:
+    if len(context) > MAX_CONTEXT_BYTES:
         raise ValidationError(
-            f"a key's wrapping context is at most {native.MAX_CONTEXT_BYTES} bytes")
+            f"a key's wrapping context is at most {MAX_CONTEXT_BYTES} bytes"
+        )

@@ -53,18 +53,22 @@ def random_bytes(n: int) -> bytes:
         raise ValidationError("a byte count cannot be negative")
     out = _pack.output_buffer(n, None)
     raise_for_status(lib.kp_random_bytes(out, n))
-    data = ffi.buffer(out, n)[:]
+    data: bytes = ffi.buffer(out, n)[:]
     _pack.wipe(out, n)
     return data
 
 
-def _check_batch(n: int, handles: Handles, aad: Aad,
-                 key_bytes: int | Sequence[int] = 0) -> None:
+def _check_batch(
+    n: int, handles: Handles, aad: Aad, key_bytes: int | Sequence[int] = 0
+) -> None:
     """Refuse, before any native call, a batch whose columns disagree in length."""
     if n > MAX_BATCH:
         raise ValidationError(f"a batch carries at most {MAX_BATCH} items")
-    for name, column in (("slot handles", handles), ("AADs", aad),
-                         ("data key sizes", key_bytes)):
+    for name, column in (
+        ("slot handles", handles),
+        ("AADs", aad),
+        ("data key sizes", key_bytes),
+    ):
         if column is None or isinstance(column, int | bytes | bytearray | memoryview):
             continue
         if len(column) != n:
@@ -85,8 +89,9 @@ class NativeHsm:
     the GIL. ``close`` must not race with other calls.
     """
 
-    def __init__(self, root_key: bytes | bytearray, *, _sibling_of: NativeHsm | None = None
-                 ) -> None:
+    def __init__(
+        self, root_key: bytes | bytearray, *, _sibling_of: NativeHsm | None = None
+    ) -> None:
         """Create an HSM whose partition keys are wrapped under ``root_key``.
 
         Raises:
@@ -98,12 +103,14 @@ class NativeHsm:
         else:
             if len(root_key) != KEY_BYTES:
                 raise ValidationError(f"the root key must be {KEY_BYTES} bytes")
-            raise_for_status(lib.kp_hsm_new(ffi.from_buffer(root_key), len(root_key), out))
+            raise_for_status(
+                lib.kp_hsm_new(ffi.from_buffer(root_key), len(root_key), out)
+            )
         self._ptr: Any = out[0]
         self._lock = threading.Lock()
 
     def sibling(self) -> NativeHsm:
-        """Another HSM under the same root key (which stays inside the native module)."""
+        """Another HSM under the same root key, which never leaves the native module."""
         return NativeHsm(b"", _sibling_of=self)
 
     def __repr__(self) -> str:
@@ -142,7 +149,7 @@ class NativeHsm:
     def slot_count(self) -> int:
         return int(lib.kp_hsm_slot_count(self.ptr))
 
-    # --- partitions ---------------------------------------------------------------------
+    # --- partitions -------------------------------------------------------------------
 
     def partition_create(self) -> int:
         """Create a partition with a wrapping key generated inside the HSM."""
@@ -166,15 +173,18 @@ class NativeHsm:
         out = ffi.new("uint8_t[]", WRAPPED_KEY_BYTES)
         written = ffi.new("size_t *")
         raise_for_status(
-            lib.kp_partition_export(self.ptr, partition, out, WRAPPED_KEY_BYTES, written)
+            lib.kp_partition_export(
+                self.ptr, partition, out, WRAPPED_KEY_BYTES, written
+            )
         )
-        return ffi.buffer(out, written[0])[:]
+        wrapped: bytes = ffi.buffer(out, written[0])[:]
+        return wrapped
 
     def partition_destroy(self, partition: int) -> None:
         """Destroy a partition and every slot in it."""
         raise_for_status(lib.kp_partition_destroy(self.ptr, partition))
 
-    # --- key slots ----------------------------------------------------------------------
+    # --- key slots --------------------------------------------------------------------
 
     def keyslot_generate(self, partition: int) -> int:
         """Generate a fresh AES-256 key in the partition; returns its handle."""
@@ -182,34 +192,52 @@ class NativeHsm:
         raise_for_status(lib.kp_keyslot_generate(self.ptr, partition, out))
         return int(out[0])
 
-    def keyslot_import(self, partition: int, wrapped: bytes, context: bytes = b"") -> int:
+    def keyslot_import(
+        self, partition: int, wrapped: bytes, context: bytes = b""
+    ) -> int:
         """Unwrap a key exported from this partition (with the same context).
 
         Raises:
-            InvalidCiphertextError: another partition's key, another context, or altered.
+            InvalidCiphertextError: another partition's key or context, or altered.
         """
         out = ffi.new("kp_handle *")
-        raise_for_status(lib.kp_keyslot_import(self.ptr, partition, wrapped, len(wrapped),
-                                               context, len(context), out))
+        raise_for_status(
+            lib.kp_keyslot_import(
+                self.ptr, partition, wrapped, len(wrapped), context, len(context), out
+            )
+        )
         return int(out[0])
 
-    def keyslot_export(self, partition: int, handle: int, context: bytes = b"") -> bytes:
+    def keyslot_export(
+        self, partition: int, handle: int, context: bytes = b""
+    ) -> bytes:
         """The slot's key wrapped under its partition's key, bound to ``context``."""
         out = ffi.new("uint8_t[]", WRAPPED_KEY_BYTES)
         written = ffi.new("size_t *")
-        raise_for_status(lib.kp_keyslot_export(self.ptr, partition, handle, context,
-                                               len(context), out, WRAPPED_KEY_BYTES,
-                                               written))
-        return ffi.buffer(out, written[0])[:]
+        raise_for_status(
+            lib.kp_keyslot_export(
+                self.ptr,
+                partition,
+                handle,
+                context,
+                len(context),
+                out,
+                WRAPPED_KEY_BYTES,
+                written,
+            )
+        )
+        wrapped: bytes = ffi.buffer(out, written[0])[:]
+        return wrapped
 
     def keyslot_destroy(self, partition: int, handle: int) -> None:
         """Destroy a slot, cleansing its key."""
         raise_for_status(lib.kp_keyslot_destroy(self.ptr, partition, handle))
 
-    # --- batches ------------------------------------------------------------------------
+    # --- batches ----------------------------------------------------------------------
 
-    def encrypt_batch(self, scope: int, handles: Handles, plaintexts: Sequence[bytes],
-                      aad: Aad = None) -> list[Result]:
+    def encrypt_batch(
+        self, scope: int, handles: Handles, plaintexts: Sequence[bytes], aad: Aad = None
+    ) -> list[Result]:
         """Seal every plaintext under its slot with one native call.
 
         Args:
@@ -237,8 +265,17 @@ class NativeHsm:
                 out, chars = sc.output, sc.output_chars
             else:
                 out, chars = _pack.single_output(size)
-            status = lib.kp_encrypt_one(self._ptr, scope, handle, plaintext,
-                                        len(plaintext), one_aad, len(one_aad), out, size)
+            status = lib.kp_encrypt_one(
+                self._ptr,
+                scope,
+                handle,
+                plaintext,
+                len(plaintext),
+                one_aad,
+                len(one_aad),
+                out,
+                size,
+            )
             return [ffi.unpack(chars, size) if not status else item_error(status)]
         if n == 0:
             return []
@@ -247,18 +284,44 @@ class NativeHsm:
         ins = _pack.spans(plaintexts, n, small, "in")
         aads = _pack.optional_spans(aad, n, small, "aad")
         handle_ptr, _handles = _pack.handles(handles, n, small)
-        sizes = [s + SEAL_OVERHEAD for s in ins[3]] if small else ins[3] + SEAL_OVERHEAD
+        sizes: _pack.SizeList
+        if isinstance(ins[3], list):
+            sizes = [s + SEAL_OVERHEAD for s in ins[3]]
+        else:
+            sizes = ins[3] + SEAL_OVERHEAD
         out_off, offsets, total, _offsets = _pack.outputs(sizes, small)
         out = _pack.output_buffer(total, small)
         status = _pack.status_array(n, small)
-        raise_for_status(lib.kp_encrypt_batch(
-            self.ptr, scope, n, handle_ptr, ins[0], len(ins[0]), ins[1], ins[2],
-            aads[0], len(aads[0]), aads[1], aads[2], out, total, out_off, status))
+        raise_for_status(
+            lib.kp_encrypt_batch(
+                self.ptr,
+                scope,
+                n,
+                handle_ptr,
+                ins[0],
+                len(ins[0]),
+                ins[1],
+                ins[2],
+                aads[0],
+                len(aads[0]),
+                aads[1],
+                aads[2],
+                out,
+                total,
+                out_off,
+                status,
+            )
+        )
         results = _pack.split(out, total, sizes, offsets)
         return _with_failures(results, status, n)
 
-    def decrypt_batch(self, scope: int, handles: Handles, ciphertexts: Sequence[bytes],
-                      aad: Aad = None) -> list[Result]:
+    def decrypt_batch(
+        self,
+        scope: int,
+        handles: Handles,
+        ciphertexts: Sequence[bytes],
+        aad: Aad = None,
+    ) -> list[Result]:
         """Open every ``IV || ciphertext || tag`` under its slot with one native call.
 
         Returns:
@@ -271,8 +334,11 @@ class NativeHsm:
         """
         n = len(ciphertexts)
         if n == 1:
-            return [self._decrypt_one(scope, _first(handles), ciphertexts[0],
-                                      _first_aad(aad))]
+            return [
+                self._decrypt_one(
+                    scope, _first(handles), ciphertexts[0], _first_aad(aad)
+                )
+            ]
         if n == 0:
             return []
         _check_batch(n, handles, aad)
@@ -289,17 +355,39 @@ class NativeHsm:
         out = _pack.output_buffer(total, small)
         status = _pack.status_array(n, small)
         try:
-            raise_for_status(lib.kp_decrypt_batch(
-                self.ptr, scope, n, handle_ptr, ins[0], len(ins[0]), ins[1], ins[2],
-                aads[0], len(aads[0]), aads[1], aads[2], out, total, out_off, status))
+            raise_for_status(
+                lib.kp_decrypt_batch(
+                    self.ptr,
+                    scope,
+                    n,
+                    handle_ptr,
+                    ins[0],
+                    len(ins[0]),
+                    ins[1],
+                    ins[2],
+                    aads[0],
+                    len(aads[0]),
+                    aads[1],
+                    aads[2],
+                    out,
+                    total,
+                    out_off,
+                    status,
+                )
+            )
             results = _pack.split(out, total, sizes, offsets)
         finally:
             _pack.wipe(out, total)
         return _with_failures(results, status, n)
 
-    def generate_data_key_batch(self, scope: int, handles: Handles,
-                                key_bytes: int | Sequence[int], n: int,
-                                aad: Aad = None) -> list[DataKey | KeyplaneError]:
+    def generate_data_key_batch(
+        self,
+        scope: int,
+        handles: Handles,
+        key_bytes: int | Sequence[int],
+        n: int,
+        aad: Aad = None,
+    ) -> list[DataKey | KeyplaneError]:
         """Make ``n`` data keys, each returned in plaintext and sealed under its slot.
 
         Args:
@@ -320,13 +408,18 @@ class NativeHsm:
         if n < 0:
             raise ValidationError("a batch cannot have a negative number of items")
         if n == 1:
-            return [self._generate_data_key_one(scope, _first(handles), _first(key_bytes),
-                                                _first_aad(aad))]
+            return [
+                self._generate_data_key_one(
+                    scope, _first(handles), _first(key_bytes), _first_aad(aad)
+                )
+            ]
         if n == 0:
             return []
         _check_batch(n, handles, aad, key_bytes)
         small = _pack.scratch() if n <= _pack.SMALL_BATCH else None
-        key_len_ptr, key_lens, _key_lens = _pack.sizes_array(key_bytes, n, small, "key_len")
+        key_len_ptr, key_lens, _key_lens = _pack.sizes_array(
+            key_bytes, n, small, "key_len"
+        )
         aads = _pack.optional_spans(aad, n, small, "aad")
         handle_ptr, _handles = _pack.handles(handles, n, small)
         if small:
@@ -341,48 +434,83 @@ class NativeHsm:
         out = _pack.output_buffer(total, small)
         status = _pack.status_array(n, small)
         try:
-            raise_for_status(lib.kp_generate_data_key_batch(
-                self.ptr, scope, n, handle_ptr, key_len_ptr, aads[0], len(aads[0]),
-                aads[1], aads[2], out, total, out_off, status))
+            raise_for_status(
+                lib.kp_generate_data_key_batch(
+                    self.ptr,
+                    scope,
+                    n,
+                    handle_ptr,
+                    key_len_ptr,
+                    aads[0],
+                    len(aads[0]),
+                    aads[1],
+                    aads[2],
+                    out,
+                    total,
+                    out_off,
+                    status,
+                )
+            )
             results = _split_data_keys(out, total, key_lens, sizes, offsets)
         finally:
             _pack.wipe(out, total)
         return _with_failures(results, status, n)
 
-
-    # --- single items -------------------------------------------------------------------
+    # --- single items -----------------------------------------------------------------
     # At one item the native call costs about a microsecond, so each line around it
     # shows: these use the one-item entry points (no descriptor arrays) and this
     # thread's output buffer, and nothing else.
 
-    def _encrypt_one(self, scope: int, handle: int, plaintext: bytes, aad: bytes) -> Result:
+    def _encrypt_one(
+        self, scope: int, handle: int, plaintext: bytes, aad: bytes
+    ) -> Result:
         size = len(plaintext) + SEAL_OVERHEAD
         out, chars = _pack.single_output(size)
-        status = lib.kp_encrypt_one(self._ptr, scope, handle, plaintext, len(plaintext),
-                                    aad, len(aad), out, size)
+        status = lib.kp_encrypt_one(
+            self._ptr,
+            scope,
+            handle,
+            plaintext,
+            len(plaintext),
+            aad,
+            len(aad),
+            out,
+            size,
+        )
         if status:
             return item_error(status)
         return ffi.unpack(chars, size)  # type: ignore[no-any-return]
 
-    def _decrypt_one(self, scope: int, handle: int, sealed: bytes, aad: bytes) -> Result:
+    def _decrypt_one(
+        self, scope: int, handle: int, sealed: bytes, aad: bytes
+    ) -> Result:
         size = max(len(sealed) - SEAL_OVERHEAD, 0)
         out, chars = _pack.single_output(size)
-        status = lib.kp_decrypt_one(self._ptr, scope, handle, sealed, len(sealed), aad,
-                                    len(aad), out, size)
+        status = lib.kp_decrypt_one(
+            self._ptr, scope, handle, sealed, len(sealed), aad, len(aad), out, size
+        )
         if status:
             return item_error(status)
         plaintext: bytes = ffi.unpack(chars, size)
         _pack.wipe(out, size)
         return plaintext
 
-    def _generate_data_key_one(self, scope: int, handle: int, key_bytes: int,
-                               aad: bytes) -> DataKey | KeyplaneError:
+    def _generate_data_key_one(
+        self, scope: int, handle: int, key_bytes: int, aad: bytes
+    ) -> DataKey | KeyplaneError:
         valid = 1 <= key_bytes <= MAX_DATA_KEY_BYTES
         size = 2 * key_bytes + SEAL_OVERHEAD if valid else 0
         out, chars = _pack.single_output(size)
-        status = lib.kp_generate_data_key_one(self._ptr, scope, handle,
-                                              key_bytes if valid else 0, aad, len(aad),
-                                              out, size)
+        status = lib.kp_generate_data_key_one(
+            self._ptr,
+            scope,
+            handle,
+            key_bytes if valid else 0,
+            aad,
+            len(aad),
+            out,
+            size,
+        )
         if status:
             return item_error(status)
         both: bytes = ffi.unpack(chars, size)
@@ -393,34 +521,42 @@ class NativeHsm:
 # isinstance against a union costs a few hundred nanoseconds, which the single-item
 # paths notice; an exact type check settles the common cases first.
 
+
 def _first(values: int | Sequence[int]) -> int:
-    if type(values) is int or isinstance(values, int):
-        return values  # type: ignore[return-value]
-    if len(values) != 1:  # type: ignore[arg-type]
-        raise ValidationError(f"{len(values)} values for a batch of 1 item")  # type: ignore[arg-type]
-    return int(values[0])  # type: ignore[index]
+    if isinstance(values, int):
+        return values
+    if len(values) != 1:
+        raise ValidationError(f"{len(values)} values for a batch of 1 item")
+    return int(values[0])
 
 
 def _first_aad(aad: Aad) -> bytes:
-    if type(aad) is bytes:
-        return aad  # type: ignore[return-value]
     if aad is None:
         return b""
-    if isinstance(aad, bytearray | memoryview):
+    if isinstance(aad, bytes | bytearray | memoryview):
         return bytes(aad)
-    if len(aad) != 1:  # type: ignore[arg-type]
-        raise ValidationError(f"{len(aad)} AADs for a batch of 1 item")  # type: ignore[arg-type]
-    return aad[0]  # type: ignore[index]
+    if len(aad) != 1:
+        raise ValidationError(f"{len(aad)} AADs for a batch of 1 item")
+    return aad[0]
 
 
-def _split_data_keys(out: Any, total: int, key_lens: _pack.SizeList,
-                     sizes: _pack.SizeList, offsets: _pack.SizeList) -> list[Any]:
+def _split_data_keys(
+    out: Any,
+    total: int,
+    key_lens: _pack.SizeList,
+    sizes: _pack.SizeList,
+    offsets: _pack.SizeList,
+) -> list[Any]:
     first = int(key_lens[0])
     if 1 <= first <= MAX_DATA_KEY_BYTES and _pack.uniform(key_lens, first):
         # Every item has the same key size: split both columns with numpy.
-        layout = np.dtype([("key", f"V{first}"), ("sealed", f"V{first + SEAL_OVERHEAD}")])
+        layout = np.dtype(
+            [("key", f"V{first}"), ("sealed", f"V{first + SEAL_OVERHEAD}")]
+        )
         rows = np.frombuffer(ffi.buffer(out, total), dtype=layout)
         return list(zip(rows["key"].tolist(), rows["sealed"].tolist(), strict=True))
     items = _pack.split(out, total, sizes, offsets)
-    return [(item[:k], item[k:]) if item else b""
-            for item, k in zip(items, _pack.as_ints(key_lens), strict=True)]
+    return [
+        (item[:k], item[k:]) if item else b""
+        for item, k in zip(items, _pack.as_ints(key_lens), strict=True)
+    ]

@@ -1,4 +1,4 @@
-"""Descriptor arrays for batch calls: many Python ``bytes`` in, one native call, out again.
+"""Descriptor arrays for batch calls: many ``bytes`` in, one native call, out again.
 
 A batch crosses the FFI as one contiguous buffer plus offset and length arrays. Building
 those costs Python time per item, which for small items is as much as the cipher itself,
@@ -34,15 +34,25 @@ _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 Sizes = npt.NDArray[np.uintp]
 SizeList = list[int] | Sizes
 
-REGIONS: Final = ("zero", "in_off", "in_len", "aad_off", "aad_len", "out_off", "key_len",
-                  "iv_off", "iv_len", "tag_len")
+REGIONS: Final = (
+    "zero",
+    "in_off",
+    "in_len",
+    "aad_off",
+    "aad_len",
+    "out_off",
+    "key_len",
+    "iv_off",
+    "iv_len",
+    "tag_len",
+)
 
 
 class Scratch:
     """One thread's descriptor arrays for small batches, allocated once.
 
-    Each region holds ``SMALL_BATCH`` entries. ``zero`` is never written, so it serves as
-    the offset array of every single-item batch.
+    Each region holds ``SMALL_BATCH`` entries. ``zero`` is never written, so it serves
+    as the offset array of every single-item batch.
     """
 
     def __init__(self) -> None:
@@ -114,7 +124,13 @@ def spans(items: Sequence[bytes], n: int, small: Scratch | None, region: str) ->
     lens = np.fromiter(map(len, items), dtype=np.uintp, count=n)
     offs = np.zeros(n, dtype=np.uintp)
     np.cumsum(lens[:-1], out=offs[1:])
-    return buffer, pointer(offs, "size_t[]"), pointer(lens, "size_t[]"), lens, (offs, lens)
+    return (
+        buffer,
+        pointer(offs, "size_t[]"),
+        pointer(lens, "size_t[]"),
+        lens,
+        (offs, lens),
+    )
 
 
 def repeated_spans(item: bytes, n: int, small: Scratch | None, region: str) -> Spans:
@@ -125,11 +141,18 @@ def repeated_spans(item: bytes, n: int, small: Scratch | None, region: str) -> S
         return item, small.zero, len_, [len(item)] * n, None
     lens = np.full(n, len(item), dtype=np.uintp)
     offs = np.zeros(n, dtype=np.uintp)
-    return item, pointer(offs, "size_t[]"), pointer(lens, "size_t[]"), lens, (offs, lens)
+    return (
+        item,
+        pointer(offs, "size_t[]"),
+        pointer(lens, "size_t[]"),
+        lens,
+        (offs, lens),
+    )
 
 
-def optional_spans(items: bytes | Sequence[bytes] | None, n: int, small: Scratch | None,
-                   region: str) -> Spans:
+def optional_spans(
+    items: bytes | Sequence[bytes] | None, n: int, small: Scratch | None, region: str
+) -> Spans:
     """AAD-like spans: none at all, one value for every item, or one value per item."""
     if items is None:
         return b"", ffi.NULL, ffi.NULL, [], None
@@ -138,8 +161,9 @@ def optional_spans(items: bytes | Sequence[bytes] | None, n: int, small: Scratch
     return spans(items, n, small, region)
 
 
-def sizes_array(values: int | Sequence[int], n: int, small: Scratch | None,
-                region: str) -> tuple[Any, SizeList, Any]:
+def sizes_array(
+    values: int | Sequence[int], n: int, small: Scratch | None, region: str
+) -> tuple[Any, SizeList, Any]:
     """A size_t array of one value for every item or one per item: (pointer, values,
     keep-alive)."""
     if small is not None:
@@ -153,7 +177,9 @@ def sizes_array(values: int | Sequence[int], n: int, small: Scratch | None,
     return pointer(array, "size_t[]"), array, array
 
 
-def handles(values: int | Sequence[int], n: int, small: Scratch | None) -> tuple[Any, Any]:
+def handles(
+    values: int | Sequence[int], n: int, small: Scratch | None
+) -> tuple[Any, Any]:
     """The handle array: one handle for every item, or one per item: (pointer, keep)."""
     if small is not None:
         small.handles[0:n] = [values] * n if isinstance(values, int) else list(values)
@@ -168,10 +194,9 @@ def handles(values: int | Sequence[int], n: int, small: Scratch | None) -> tuple
 def outputs(sizes: SizeList, small: Scratch | None) -> tuple[Any, SizeList, int, Any]:
     """Back-to-back outputs of ``sizes``: (buffer, offsets pointer, offsets, total)."""
     if small is not None:
-        assert isinstance(sizes, list)
         offsets = list(accumulate(sizes, initial=0))
         total = offsets.pop()
-        small.region["out_off"][0:len(sizes)] = offsets
+        small.region["out_off"][0 : len(sizes)] = offsets
         return small.region["out_off"], offsets, total, None
     array = np.zeros(len(sizes) + 1, dtype=np.uintp)
     np.cumsum(sizes, out=array[1:])
@@ -210,7 +235,9 @@ def split(out: Any, total: int, sizes: SizeList, offsets: SizeList) -> list[byte
         result: list[bytes] = rows.tolist()
         return result
     raw = ffi.buffer(out, total)[:]
-    return [raw[o:o + s] for o, s in zip(as_ints(offsets), as_ints(sizes), strict=True)]
+    return [
+        raw[o : o + s] for o, s in zip(as_ints(offsets), as_ints(sizes), strict=True)
+    ]
 
 
 def uniform(sizes: SizeList, first: int) -> bool:
@@ -226,11 +253,13 @@ def as_ints(values: SizeList) -> list[int]:
 
 
 def failures(status: Any, n: int) -> list[int] | None:
-    """Every item's status when any item failed, else None (the common case, cheaply)."""
+    """Every item's status if any item failed, else None (the common case, cheaply)."""
     if n <= SMALL_BATCH:
         values: list[int] = list(status[0:n])
         return values if any(values) else None
-    array = np.frombuffer(ffi.buffer(status, ffi.sizeof("kp_status") * n), dtype=np.int32)
+    array = np.frombuffer(
+        ffi.buffer(status, ffi.sizeof("kp_status") * n), dtype=np.int32
+    )
     return array.tolist() if array.any() else None
 
 

@@ -28,27 +28,45 @@ def import_raw_key(hsm: NativeHsm, partition: int, key: bytearray) -> int:
     """
     try:
         out = ffi.new("kp_handle *")
-        raise_for_status(lib.kp_hazmat_import_raw(hsm.ptr, partition,
-                                                  ffi.from_buffer(key), len(key), out))
+        raise_for_status(
+            lib.kp_hazmat_import_raw(
+                hsm.ptr, partition, ffi.from_buffer(key), len(key), out
+            )
+        )
         return int(out[0])
     finally:
         key[:] = bytes(len(key))
 
 
-def seal_with_ivs(hsm: NativeHsm, handles: int | Sequence[int], items: Sequence[Item],
-                  tag_bytes: int | Sequence[int] = 16) -> list[Result]:
+def seal_with_ivs(
+    hsm: NativeHsm,
+    handles: int | Sequence[int],
+    items: Sequence[Item],
+    tag_bytes: int | Sequence[int] = 16,
+) -> list[Result]:
     """Seal each (IV, plaintext, AAD) with its chosen IV: ``ciphertext || tag``."""
     return _run(lib.kp_hazmat_seal_batch, hsm, handles, items, tag_bytes, sealing=True)
 
 
-def open_with_ivs(hsm: NativeHsm, handles: int | Sequence[int], items: Sequence[Item],
-                  tag_bytes: int | Sequence[int] = 16) -> list[Result]:
+def open_with_ivs(
+    hsm: NativeHsm,
+    handles: int | Sequence[int],
+    items: Sequence[Item],
+    tag_bytes: int | Sequence[int] = 16,
+) -> list[Result]:
     """Open each (IV, ciphertext || tag, AAD): the plaintext or the item's error."""
     return _run(lib.kp_hazmat_open_batch, hsm, handles, items, tag_bytes, sealing=False)
 
 
-def _run(call: Any, hsm: NativeHsm, handles: int | Sequence[int], items: Sequence[Item],
-         tag_bytes: int | Sequence[int], *, sealing: bool) -> list[Result]:
+def _run(
+    call: Any,
+    hsm: NativeHsm,
+    handles: int | Sequence[int],
+    items: Sequence[Item],
+    tag_bytes: int | Sequence[int],
+    *,
+    sealing: bool,
+) -> list[Result]:
     n = len(items)
     if n == 0:
         return []
@@ -65,13 +83,35 @@ def _run(call: Any, hsm: NativeHsm, handles: int | Sequence[int], items: Sequenc
     else:
         sizes = [max(i - t, 0) for i, t in zip(in_lens, tag_lens, strict=True)]
     out_off, offsets, total, _keep_offsets = _pack.outputs(
-        sizes if small else _pack.np_sizes(sizes), small)
+        sizes if small else _pack.np_sizes(sizes), small
+    )
     out = _pack.output_buffer(total, small)
     status = _pack.status_array(n, small)
     try:
-        raise_for_status(call(hsm.ptr, n, handle_ptr, ivs[0], len(ivs[0]), ivs[1], ivs[2],
-                              ins[0], len(ins[0]), ins[1], ins[2], aads[0], len(aads[0]),
-                              aads[1], aads[2], tag_ptr, out, total, out_off, status))
+        raise_for_status(
+            call(
+                hsm.ptr,
+                n,
+                handle_ptr,
+                ivs[0],
+                len(ivs[0]),
+                ivs[1],
+                ivs[2],
+                ins[0],
+                len(ins[0]),
+                ins[1],
+                ins[2],
+                aads[0],
+                len(aads[0]),
+                aads[1],
+                aads[2],
+                tag_ptr,
+                out,
+                total,
+                out_off,
+                status,
+            )
+        )
         results = _pack.split(out, total, sizes, _pack.as_ints(offsets))
     finally:
         _pack.wipe(out, total)
