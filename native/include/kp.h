@@ -115,8 +115,14 @@ kp_status kp_keyslot_destroy(kp_hsm *hsm, kp_partition partition, kp_handle hand
 /* --- batches -------------------------------------------------------------------------
  * Item i uses the slot handles[i]. When scope is not 0, an item whose slot is not in the
  * partition scope fails with KP_E_WRONG_PARTITION. Inputs are in[in_off[i] ..
- * +in_len[i]) and aad[aad_off[i] .. +aad_len[i]); every range is checked against
- * in_size, aad_size and out_size. The output of item i starts at out[out_off[i]]. */
+ * +in_len[i]) and aad[aad_off[i] .. +aad_len[i]); the output of item i starts at
+ * out[out_off[i]]. Every range is checked against in_size, aad_size and out_size.
+ *
+ * A NULL offset array means that column lies back to back from offset 0: item i starts
+ * where item i-1 ends. For outputs, every item takes its output size, failed or not:
+ * encrypt in_len + KP_SEAL_OVERHEAD; decrypt in_len - KP_SEAL_OVERHEAD (0 if in_len is
+ * at most KP_SEAL_OVERHEAD); generate-data-key 2 * key_len + KP_SEAL_OVERHEAD (0 if
+ * key_len is out of range). NULL aad_off and aad_len together mean no AAD at all. */
 
 /* Seal: out = IV || ct || tag, in_len[i] + KP_SEAL_OVERHEAD bytes; in_len 1 ..
  * KP_MAX_INPUT_BYTES; a fresh random IV per item. */

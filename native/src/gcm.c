@@ -171,20 +171,31 @@ kp_status kp_open_item(EVP_CIPHER_CTX *ctx, const uint8_t *iv, size_t iv_len,
 
 /* --- batch plumbing ---------------------------------------------------------------------- */
 
+/* One column of spans. A NULL offset array means the spans lie back to back from offset
+ * 0; off == len == NULL (allowed for AAD only) means every span is empty. */
 typedef struct kp_spans {
     const uint8_t *base;
     size_t size;
     const size_t *off;
-    const size_t *len; /* off == len == NULL: every item's span is empty */
+    const size_t *len;
+    size_t next; /* where the next back-to-back span starts */
 } kp_spans;
 
-/* Are the arrays of a span set usable for n items? */
+/* The outputs: at out_off[i], or back to back when out_off is NULL. */
+typedef struct kp_outs {
+    uint8_t *base;
+    size_t size;
+    const size_t *off;
+    size_t next;
+} kp_outs;
+
+/* Are the arrays of a span set usable? */
 static int spans_ok(const kp_spans *s, int optional)
 {
     if (s->base == NULL && s->size != 0)
         return 0;
-    if (s->off == NULL || s->len == NULL)
-        return optional && s->off == NULL && s->len == NULL;
+    if (s->len == NULL)
+        return optional && s->off == NULL;
     return 1;
 }
 
@@ -193,16 +204,31 @@ static size_t span_len(const kp_spans *s, size_t i)
     return s->len ? s->len[i] : 0;
 }
 
-/* Item i's span, or 0 when it falls outside the buffer. */
-static int span_at(const kp_spans *s, size_t i, const uint8_t **p)
+/* Take item i's span; 0 when it falls outside the buffer. Call once per item, in order,
+ * whatever the item's fate, so back-to-back offsets stay in step. */
+static int span_take(kp_spans *s, size_t i, const uint8_t **p)
 {
-    if (s->len == NULL) {
-        *p = NULL;
+    *p = NULL;
+    if (s->len == NULL)
         return 1;
-    }
-    if (!kp_in_range(s->off[i], s->len[i], s->size))
+    size_t len = s->len[i];
+    size_t off = s->off ? s->off[i] : s->next;
+    s->next = off + len < off ? SIZE_MAX : off + len; /* saturate; the range check fails */
+    if (!kp_in_range(off, len, s->size))
         return 0;
-    *p = s->base ? s->base + s->off[i] : NULL;
+    *p = s->base ? s->base + off : NULL;
+    return 1;
+}
+
+/* Take item i's output of len bytes, with the same rules as span_take. */
+static int out_take(kp_outs *o, size_t i, size_t len, uint8_t **p)
+{
+    *p = NULL;
+    size_t off = o->off ? o->off[i] : o->next;
+    o->next = off + len < off ? SIZE_MAX : off + len;
+    if (!kp_in_range(off, len, o->size))
+        return 0;
+    *p = o->base ? o->base + off : NULL;
     return 1;
 }
 
@@ -277,8 +303,8 @@ static int batch_args_ok(const kp_hsm *hsm, size_t n, const kp_handle *handles,
         return 0;
     if (n == 0)
         return 1;
-    return handles != NULL && status != NULL && out_off != NULL &&
-           (out != NULL || out_size == 0);
+    (void)out_off; /* NULL: outputs back to back */
+    return handles != NULL && status != NULL && (out != NULL || out_size == 0);
 }
 
 /* --- the service's batches --------------------------------------------------------------- */
@@ -290,8 +316,9 @@ kp_status kp_encrypt_batch(kp_hsm *hsm, kp_partition scope, size_t n,
                            uint8_t *out, size_t out_size, const size_t *out_off,
                            kp_status *status)
 {
-    kp_spans ins = {in, in_size, in_off, in_len};
-    kp_spans aads = {aad, aad_size, aad_off, aad_len};
+    kp_spans ins = {in, in_size, in_off, in_len, 0};
+    kp_spans aads = {aad, aad_size, aad_off, aad_len, 0};
+    kp_outs outs = {out, out_size, out_off, 0};
     if (!batch_args_ok(hsm, n, handles, status, out, out_size, out_off) ||
         (n && (!spans_ok(&ins, 0) || !spans_ok(&aads, 1))))
         return KP_E_ARGUMENT;
@@ -306,17 +333,18 @@ kp_status kp_encrypt_batch(kp_hsm *hsm, kp_partition scope, size_t n,
     batch_begin(&b, hsm, scope, 1);
     for (size_t i = 0; i < n && fault == KP_OK; i++) {
         const uint8_t *pt, *ad;
+        uint8_t *sealed;
         size_t pt_len = ins.len[i], ad_len = span_len(&aads, i);
+        int in_range = span_take(&ins, i, &pt) & span_take(&aads, i, &ad) &
+                       out_take(&outs, i, pt_len + KP_SEAL_OVERHEAD, &sealed);
         EVP_CIPHER_CTX *ctx = NULL;
         kp_status st = batch_context(&b, handles[i], &ctx);
         if (st == KP_OK && (pt_len == 0 || pt_len > KP_MAX_INPUT_BYTES ||
                             ad_len > KP_MAX_AAD_BYTES))
             st = KP_E_LENGTH;
-        if (st == KP_OK && (!span_at(&ins, i, &pt) || !span_at(&aads, i, &ad) ||
-                            !kp_in_range(out_off[i], pt_len + KP_SEAL_OVERHEAD, out_size)))
+        if (st == KP_OK && !in_range)
             st = KP_E_BUFFER;
         if (st == KP_OK) {
-            uint8_t *sealed = out + out_off[i];
             memcpy(sealed, ivs.bytes + i * KP_IV_BYTES, KP_IV_BYTES);
             st = kp_seal_item(ctx, sealed, KP_IV_BYTES, ad, ad_len, pt, pt_len,
                               sealed + KP_IV_BYTES, sealed + KP_IV_BYTES + pt_len,
@@ -336,8 +364,9 @@ kp_status kp_decrypt_batch(kp_hsm *hsm, kp_partition scope, size_t n,
                            uint8_t *out, size_t out_size, const size_t *out_off,
                            kp_status *status)
 {
-    kp_spans ins = {in, in_size, in_off, in_len};
-    kp_spans aads = {aad, aad_size, aad_off, aad_len};
+    kp_spans ins = {in, in_size, in_off, in_len, 0};
+    kp_spans aads = {aad, aad_size, aad_off, aad_len, 0};
+    kp_outs outs = {out, out_size, out_off, 0};
     if (!batch_args_ok(hsm, n, handles, status, out, out_size, out_off) ||
         (n && (!spans_ok(&ins, 0) || !spans_ok(&aads, 1))))
         return KP_E_ARGUMENT;
@@ -349,21 +378,21 @@ kp_status kp_decrypt_batch(kp_hsm *hsm, kp_partition scope, size_t n,
     batch_begin(&b, hsm, scope, 1);
     for (size_t i = 0; i < n && fault == KP_OK; i++) {
         const uint8_t *sealed, *ad;
+        uint8_t *pt;
         size_t sealed_len = ins.len[i], ad_len = span_len(&aads, i);
+        size_t pt_len = sealed_len > KP_SEAL_OVERHEAD ? sealed_len - KP_SEAL_OVERHEAD : 0;
+        int in_range = span_take(&ins, i, &sealed) & span_take(&aads, i, &ad) &
+                       out_take(&outs, i, pt_len, &pt);
         EVP_CIPHER_CTX *ctx = NULL;
         kp_status st = batch_context(&b, handles[i], &ctx);
-        if (st == KP_OK && (sealed_len <= KP_SEAL_OVERHEAD ||
-                            sealed_len > KP_MAX_INPUT_BYTES + KP_SEAL_OVERHEAD ||
+        if (st == KP_OK && (pt_len == 0 || pt_len > KP_MAX_INPUT_BYTES ||
                             ad_len > KP_MAX_AAD_BYTES))
             st = KP_E_LENGTH;
-        size_t pt_len = sealed_len - KP_SEAL_OVERHEAD;
-        if (st == KP_OK && (!span_at(&ins, i, &sealed) || !span_at(&aads, i, &ad) ||
-                            !kp_in_range(out_off[i], pt_len, out_size)))
+        if (st == KP_OK && !in_range)
             st = KP_E_BUFFER;
         if (st == KP_OK)
             st = kp_open_item(ctx, sealed, KP_IV_BYTES, ad, ad_len, sealed + KP_IV_BYTES,
-                              pt_len, sealed + KP_IV_BYTES + pt_len, KP_TAG_BYTES,
-                              out + out_off[i]);
+                              pt_len, sealed + KP_IV_BYTES + pt_len, KP_TAG_BYTES, pt);
         fault = settle(st, i, n, status);
     }
     batch_end(&b);
@@ -377,7 +406,8 @@ kp_status kp_generate_data_key_batch(kp_hsm *hsm, kp_partition scope, size_t n,
                                      uint8_t *out, size_t out_size, const size_t *out_off,
                                      kp_status *status)
 {
-    kp_spans aads = {aad, aad_size, aad_off, aad_len};
+    kp_spans aads = {aad, aad_size, aad_off, aad_len, 0};
+    kp_outs outs = {out, out_size, out_off, 0};
     if (!batch_args_ok(hsm, n, handles, status, out, out_size, out_off) ||
         (n && (key_len == NULL || !spans_ok(&aads, 1))))
         return KP_E_ARGUMENT;
@@ -399,22 +429,24 @@ kp_status kp_generate_data_key_batch(kp_hsm *hsm, kp_partition scope, size_t n,
     batch_begin(&b, hsm, scope, 1);
     for (size_t i = 0; i < n && fault == KP_OK; i++) {
         size_t klen = key_len[i], ad_len = span_len(&aads, i);
-        if (klen < 1 || klen > KP_MAX_DATA_KEY_BYTES) {
+        int valid = klen >= 1 && klen <= KP_MAX_DATA_KEY_BYTES;
+        const uint8_t *ad;
+        uint8_t *key;
+        int in_range = span_take(&aads, i, &ad) &
+                       out_take(&outs, i, valid ? 2 * klen + KP_SEAL_OVERHEAD : 0, &key);
+        if (!valid) {
             fault = settle(KP_E_LENGTH, i, n, status);
             continue;
         }
         const uint8_t *fresh = random.bytes + cursor;
         cursor += KP_IV_BYTES + klen;
-        const uint8_t *ad;
         EVP_CIPHER_CTX *ctx = NULL;
         kp_status st = batch_context(&b, handles[i], &ctx);
         if (st == KP_OK && ad_len > KP_MAX_AAD_BYTES)
             st = KP_E_LENGTH;
-        if (st == KP_OK && (!span_at(&aads, i, &ad) ||
-                            !kp_in_range(out_off[i], 2 * klen + KP_SEAL_OVERHEAD, out_size)))
+        if (st == KP_OK && !in_range)
             st = KP_E_BUFFER;
         if (st == KP_OK) {
-            uint8_t *key = out + out_off[i];
             uint8_t *sealed = key + klen;
             memcpy(key, fresh, klen);
             memcpy(sealed, fresh + klen, KP_IV_BYTES);
@@ -479,10 +511,11 @@ kp_status kp_generate_data_key_one(kp_hsm *hsm, kp_partition scope, kp_handle ha
 typedef enum { HAZMAT_SEAL, HAZMAT_OPEN } hazmat_dir;
 
 static kp_status hazmat_batch(hazmat_dir dir, kp_hsm *hsm, size_t n, const kp_handle *handles,
-                              const kp_spans *ivs, const kp_spans *ins, const kp_spans *aads,
+                              kp_spans *ivs, kp_spans *ins, kp_spans *aads,
                               const size_t *tag_len, uint8_t *out, size_t out_size,
                               const size_t *out_off, kp_status *status)
 {
+    kp_outs outs = {out, out_size, out_off, 0};
     if (!batch_args_ok(hsm, n, handles, status, out, out_size, out_off) ||
         (n && (tag_len == NULL || !spans_ok(ivs, 0) || !spans_ok(ins, 0) ||
                !spans_ok(aads, 1))))
@@ -492,8 +525,13 @@ static kp_status hazmat_batch(hazmat_dir dir, kp_hsm *hsm, size_t n, const kp_ha
     batch_begin(&b, hsm, 0, 0);
     for (size_t i = 0; i < n && fault == KP_OK; i++) {
         const uint8_t *iv, *in, *ad;
+        uint8_t *dst;
         size_t iv_len = ivs->len[i], in_len = ins->len[i], ad_len = span_len(aads, i);
         size_t tlen = tag_len[i];
+        size_t text_len = dir == HAZMAT_SEAL ? in_len : (in_len > tlen ? in_len - tlen : 0);
+        size_t out_len = dir == HAZMAT_SEAL ? in_len + tlen : text_len;
+        int in_range = span_take(ivs, i, &iv) & span_take(ins, i, &in) &
+                       span_take(aads, i, &ad) & out_take(&outs, i, out_len, &dst);
         EVP_CIPHER_CTX *ctx = NULL;
         kp_status st = batch_context(&b, handles[i], &ctx);
         if (st == KP_OK &&
@@ -501,22 +539,18 @@ static kp_status hazmat_batch(hazmat_dir dir, kp_hsm *hsm, size_t n, const kp_ha
              tlen > KP_TAG_BYTES || in_len > KP_MAX_INPUT_BYTES + KP_TAG_BYTES ||
              ad_len > KP_MAX_AAD_BYTES || (dir == HAZMAT_OPEN && in_len < tlen)))
             st = KP_E_LENGTH;
-        size_t text_len = dir == HAZMAT_SEAL ? in_len : in_len - tlen;
-        size_t out_len = dir == HAZMAT_SEAL ? in_len + tlen : text_len;
-        if (st == KP_OK && (!span_at(ivs, i, &iv) || !span_at(ins, i, &in) ||
-                            !span_at(aads, i, &ad) ||
-                            !kp_in_range(out_off[i], out_len, out_size)))
+        if (st == KP_OK && !in_range)
             st = KP_E_BUFFER;
         /* This context may have carried another IV length for an earlier item. */
         if (st == KP_OK &&
             EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, (int)iv_len, NULL) != 1)
             st = kp_fail(KP_E_CRYPTO);
         if (st == KP_OK && dir == HAZMAT_SEAL)
-            st = kp_seal_item(ctx, iv, iv_len, ad, ad_len, in, in_len, out + out_off[i],
-                              out + out_off[i] + in_len, tlen);
+            st = kp_seal_item(ctx, iv, iv_len, ad, ad_len, in, in_len, dst, dst + in_len,
+                              tlen);
         else if (st == KP_OK)
             st = kp_open_item(ctx, iv, iv_len, ad, ad_len, in, text_len, in + text_len, tlen,
-                              out + out_off[i]);
+                              dst);
         fault = settle(st, i, n, status);
     }
     batch_end(&b);
@@ -531,9 +565,9 @@ kp_status kp_hazmat_seal_batch(kp_hsm *hsm, size_t n, const kp_handle *handles,
                                const size_t *aad_len, const size_t *tag_len, uint8_t *out,
                                size_t out_size, const size_t *out_off, kp_status *status)
 {
-    kp_spans ivs = {iv, iv_size, iv_off, iv_len};
-    kp_spans ins = {in, in_size, in_off, in_len};
-    kp_spans aads = {aad, aad_size, aad_off, aad_len};
+    kp_spans ivs = {iv, iv_size, iv_off, iv_len, 0};
+    kp_spans ins = {in, in_size, in_off, in_len, 0};
+    kp_spans aads = {aad, aad_size, aad_off, aad_len, 0};
     return hazmat_batch(HAZMAT_SEAL, hsm, n, handles, &ivs, &ins, &aads, tag_len, out,
                         out_size, out_off, status);
 }
@@ -546,9 +580,9 @@ kp_status kp_hazmat_open_batch(kp_hsm *hsm, size_t n, const kp_handle *handles,
                                const size_t *aad_len, const size_t *tag_len, uint8_t *out,
                                size_t out_size, const size_t *out_off, kp_status *status)
 {
-    kp_spans ivs = {iv, iv_size, iv_off, iv_len};
-    kp_spans ins = {in, in_size, in_off, in_len};
-    kp_spans aads = {aad, aad_size, aad_off, aad_len};
+    kp_spans ivs = {iv, iv_size, iv_off, iv_len, 0};
+    kp_spans ins = {in, in_size, in_off, in_len, 0};
+    kp_spans aads = {aad, aad_size, aad_off, aad_len, 0};
     return hazmat_batch(HAZMAT_OPEN, hsm, n, handles, &ivs, &ins, &aads, tag_len, out,
                         out_size, out_off, status);
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any, Final
 
 import numpy as np
@@ -58,6 +59,30 @@ def random_bytes(n: int) -> bytes:
     return data
 
 
+_SCALARS: Final = (int, bytes, bytearray, memoryview, type(None))
+
+# Batches carrying more input than this go to the native module in slices of about this
+# size, so the joined input, the output and the copies out stay in the CPU's L2 cache
+# instead of faulting in fresh pages (measured in docs/native.md).
+CHUNK_BYTES: Final = 256 * 1024
+
+
+def _slices(lengths: list[int], total: int, limit: int) -> list[tuple[int, int]]:
+    """Consecutive item ranges of about ``limit`` input bytes each. No item is split, so
+    an item larger than ``limit`` may share its range with a neighbour."""
+    if total <= limit:
+        return [(0, len(lengths))]
+    bounds = [0]
+    filled = 0
+    for i, length in enumerate(lengths):
+        if filled and filled + length > limit:
+            bounds.append(i)
+            filled = 0
+        filled += length
+    bounds.append(len(lengths))
+    return list(pairwise(bounds))
+
+
 def _check_batch(
     n: int, handles: Handles, aad: Aad, key_bytes: int | Sequence[int] = 0
 ) -> None:
@@ -69,7 +94,8 @@ def _check_batch(
         ("AADs", aad),
         ("data key sizes", key_bytes),
     ):
-        if column is None or isinstance(column, int | bytes | bytearray | memoryview):
+        # An exact type test first: isinstance against a tuple of types is slower.
+        if type(column) in _SCALARS or isinstance(column, _SCALARS):
             continue
         if len(column) != n:
             raise ValidationError(f"{len(column)} {name} for a batch of {n} items")
@@ -234,9 +260,17 @@ class NativeHsm:
         raise_for_status(lib.kp_keyslot_destroy(self.ptr, partition, handle))
 
     # --- batches ----------------------------------------------------------------------
+    # Each method has a single-item path first: at one item the native call costs about
+    # a microsecond, so it uses the one-item entry point and this thread's output
+    # buffer, with exact type checks before any isinstance against a union (which
+    # costs a few hundred nanoseconds).
 
     def encrypt_batch(
-        self, scope: int, handles: Handles, plaintexts: Sequence[bytes], aad: Aad = None
+        self,
+        scope: int,
+        handles: Handles,
+        plaintexts: Sequence[bytes],
+        aad: Aad = None,
     ) -> list[Result]:
         """Seal every plaintext under its slot with one native call.
 
@@ -250,21 +284,16 @@ class NativeHsm:
             Per item, ``IV || ciphertext || tag`` or the error that failed that item.
 
         Raises:
-            ValidationError: more than ``MAX_BATCH`` items.
+            ValidationError: more than ``MAX_BATCH`` items, or columns of other lengths.
             HsmFaultError: an internal fault, which fails the whole batch.
         """
         n = len(plaintexts)
         if n == 1:
-            # Inlined single-item path: see the note above _encrypt_one.
             plaintext = plaintexts[0]
             one_aad = aad if type(aad) is bytes else _first_aad(aad)
             handle = handles if type(handles) is int else _first(handles)
             size = len(plaintext) + SEAL_OVERHEAD
-            sc = _pack.local.scratch
-            if size <= sc.output_size:
-                out, chars = sc.output, sc.output_chars
-            else:
-                out, chars = _pack.single_output(size)
+            out, chars = _pack.single_output(size)
             status = lib.kp_encrypt_one(
                 self._ptr,
                 scope,
@@ -279,41 +308,7 @@ class NativeHsm:
             return [ffi.unpack(chars, size) if not status else item_error(status)]
         if n == 0:
             return []
-        _check_batch(n, handles, aad)
-        small = _pack.scratch() if n <= _pack.SMALL_BATCH else None
-        ins = _pack.spans(plaintexts, n, small, "in")
-        aads = _pack.optional_spans(aad, n, small, "aad")
-        handle_ptr, _handles = _pack.handles(handles, n, small)
-        sizes: _pack.SizeList
-        if isinstance(ins[3], list):
-            sizes = [s + SEAL_OVERHEAD for s in ins[3]]
-        else:
-            sizes = ins[3] + SEAL_OVERHEAD
-        out_off, offsets, total, _offsets = _pack.outputs(sizes, small)
-        out = _pack.output_buffer(total, small)
-        status = _pack.status_array(n, small)
-        raise_for_status(
-            lib.kp_encrypt_batch(
-                self.ptr,
-                scope,
-                n,
-                handle_ptr,
-                ins[0],
-                len(ins[0]),
-                ins[1],
-                ins[2],
-                aads[0],
-                len(aads[0]),
-                aads[1],
-                aads[2],
-                out,
-                total,
-                out_off,
-                status,
-            )
-        )
-        results = _pack.split(out, total, sizes, offsets)
-        return _with_failures(results, status, n)
+        return self._many(True, scope, handles, plaintexts, aad)
 
     def decrypt_batch(
         self,
@@ -329,55 +324,121 @@ class NativeHsm:
             (``InvalidCiphertextError`` for any alteration or the wrong AAD).
 
         Raises:
-            ValidationError: more than ``MAX_BATCH`` items.
+            ValidationError: more than ``MAX_BATCH`` items, or columns of other lengths.
             HsmFaultError: an internal fault, which fails the whole batch.
         """
         n = len(ciphertexts)
         if n == 1:
-            return [
-                self._decrypt_one(
-                    scope, _first(handles), ciphertexts[0], _first_aad(aad)
-                )
-            ]
+            sealed = ciphertexts[0]
+            one_aad = aad if type(aad) is bytes else _first_aad(aad)
+            handle = handles if type(handles) is int else _first(handles)
+            size = len(sealed) - SEAL_OVERHEAD if len(sealed) > SEAL_OVERHEAD else 0
+            out, chars = _pack.single_output(size)
+            status = lib.kp_decrypt_one(
+                self._ptr,
+                scope,
+                handle,
+                sealed,
+                len(sealed),
+                one_aad,
+                len(one_aad),
+                out,
+                size,
+            )
+            if status:
+                return [item_error(status)]
+            plaintext: bytes = ffi.unpack(chars, size)
+            _pack.wipe(out, size)
+            return [plaintext]
         if n == 0:
             return []
+        return self._many(False, scope, handles, ciphertexts, aad)
+
+    def _many(
+        self,
+        sealing: bool,
+        scope: int,
+        handles: Handles,
+        items: Sequence[bytes],
+        aad: Aad,
+    ) -> list[Result]:
+        """Encrypt or decrypt a batch of several items, in cache-sized slices."""
+        n = len(items)
         _check_batch(n, handles, aad)
-        small = _pack.scratch() if n <= _pack.SMALL_BATCH else None
-        ins = _pack.spans(ciphertexts, n, small, "in")
-        aads = _pack.optional_spans(aad, n, small, "aad")
-        handle_ptr, _handles = _pack.handles(handles, n, small)
-        if small:
-            sizes: _pack.SizeList = [max(s - SEAL_OVERHEAD, 0) for s in ins[3]]
+        lengths = list(map(len, items))
+        slices = _slices(lengths, sum(lengths), CHUNK_BYTES)
+        if len(slices) == 1:
+            return self._packed(sealing, scope, handles, items, aad, lengths)
+        results: list[Result] = []
+        for a, b in slices:
+            part_handles = handles if isinstance(handles, int) else handles[a:b]
+            part_aad = aad if aad is None or isinstance(aad, bytes) else aad[a:b]
+            results += self._packed(
+                sealing, scope, part_handles, items[a:b], part_aad, lengths[a:b]
+            )
+        return results
+
+    def _packed(
+        self,
+        sealing: bool,
+        scope: int,
+        handles: Handles,
+        items: Sequence[bytes],
+        aad: Aad,
+        lengths: list[int],
+    ) -> list[Result]:
+        """One native call for a batch that fits one slice."""
+        n = len(items)
+        small = _pack.scratch_for(n)
+        buffer = b"".join(items)
+        in_len, _keep_in = _pack.size_array(lengths, small, "in")
+        aads = _pack.aad_column(aad, n, small)
+        handle_ptr, _keep_handles = _pack.handles(handles, n, small)
+        # Building a per-item size list costs tens of nanoseconds an item; when every
+        # item has one length (the common case) one size describes them all.
+        same = _pack.uniform(lengths)
+        sizes: list[int] | int
+        if sealing:
+            total = len(buffer) + n * SEAL_OVERHEAD
+            sizes = (
+                same + SEAL_OVERHEAD
+                if same is not None
+                else [x + SEAL_OVERHEAD for x in lengths]
+            )
+        elif same is not None:
+            sizes = same - SEAL_OVERHEAD if same > SEAL_OVERHEAD else 0
+            total = n * sizes
         else:
-            lengths = np.asarray(ins[3])
-            sizes = lengths - np.minimum(lengths, SEAL_OVERHEAD)
-        out_off, offsets, total, _offsets = _pack.outputs(sizes, small)
+            sizes = [x - SEAL_OVERHEAD if x > SEAL_OVERHEAD else 0 for x in lengths]
+            total = sum(sizes)
         out = _pack.output_buffer(total, small)
         status = _pack.status_array(n, small)
+        call = lib.kp_encrypt_batch if sealing else lib.kp_decrypt_batch
         try:
             raise_for_status(
-                lib.kp_decrypt_batch(
-                    self.ptr,
+                call(
+                    self._ptr,
                     scope,
                     n,
                     handle_ptr,
-                    ins[0],
-                    len(ins[0]),
-                    ins[1],
-                    ins[2],
+                    buffer,
+                    len(buffer),
+                    ffi.NULL,
+                    in_len,
                     aads[0],
                     len(aads[0]),
                     aads[1],
                     aads[2],
                     out,
                     total,
-                    out_off,
+                    ffi.NULL,
                     status,
                 )
             )
-            results = _pack.split(out, total, sizes, offsets)
+            results = _pack.split(out, total, sizes, n)
         finally:
-            _pack.wipe(out, total)
+            if not sealing:  # the output held plaintexts
+                _pack.wipe(out, total)
         return _with_failures(results, status, n)
 
     def generate_data_key_batch(
@@ -402,41 +463,60 @@ class NativeHsm:
             Per item, ``(plaintext key, IV || sealed key || tag)`` or its error.
 
         Raises:
-            ValidationError: more than ``MAX_BATCH`` items.
+            ValidationError: more than ``MAX_BATCH`` items, or columns of other lengths.
             HsmFaultError: an internal fault, which fails the whole batch.
         """
+        if n == 1:
+            one_aad = aad if type(aad) is bytes else _first_aad(aad)
+            handle = handles if type(handles) is int else _first(handles)
+            key_size = key_bytes if type(key_bytes) is int else _first(key_bytes)
+            valid = 1 <= key_size <= MAX_DATA_KEY_BYTES
+            size = 2 * key_size + SEAL_OVERHEAD if valid else 0
+            out, chars = _pack.single_output(size)
+            status = lib.kp_generate_data_key_one(
+                self._ptr,
+                scope,
+                handle,
+                key_size if valid else 0,
+                one_aad,
+                len(one_aad),
+                out,
+                size,
+            )
+            if status:
+                return [item_error(status)]
+            both: bytes = ffi.unpack(chars, size)
+            _pack.wipe(out, size)
+            return [(both[:key_size], both[key_size:])]
         if n < 0:
             raise ValidationError("a batch cannot have a negative number of items")
-        if n == 1:
-            return [
-                self._generate_data_key_one(
-                    scope, _first(handles), _first(key_bytes), _first_aad(aad)
-                )
-            ]
         if n == 0:
             return []
         _check_batch(n, handles, aad, key_bytes)
-        small = _pack.scratch() if n <= _pack.SMALL_BATCH else None
-        key_len_ptr, key_lens, _key_lens = _pack.sizes_array(
-            key_bytes, n, small, "key_len"
-        )
-        aads = _pack.optional_spans(aad, n, small, "aad")
-        handle_ptr, _handles = _pack.handles(handles, n, small)
-        if small:
-            # A length the HSM will refuse still gets a (zero-sized) output range.
-            valid = [k if 1 <= k <= MAX_DATA_KEY_BYTES else 0 for k in key_lens]
-            sizes: _pack.SizeList = [2 * k + SEAL_OVERHEAD if k else 0 for k in valid]
+        small = _pack.scratch_for(n)
+        # A size outside 1 .. MAX_DATA_KEY_BYTES fails its item; the native call still
+        # needs a valid size_t, so such a size becomes 0, which gets no output bytes.
+        if isinstance(key_bytes, int):
+            key_size = key_bytes if 0 <= key_bytes <= MAX_DATA_KEY_BYTES else 0
+            key_lens = [key_size] * n
         else:
-            arr = np.asarray(key_lens)
-            ok = (arr >= 1) & (arr <= MAX_DATA_KEY_BYTES)
-            sizes = np.where(ok, 2 * arr + SEAL_OVERHEAD, 0).astype(np.uintp)
-        out_off, offsets, total, _offsets = _pack.outputs(sizes, small)
+            key_lens = [k if 0 <= k <= MAX_DATA_KEY_BYTES else 0 for k in key_bytes]
+        key_len_ptr, _keep_lens = _pack.size_array(key_lens, small, "key")
+        aads = _pack.aad_column(aad, n, small)
+        handle_ptr, _keep_handles = _pack.handles(handles, n, small)
+        same = _pack.uniform(key_lens)
+        if same is not None:
+            total = n * (2 * same + SEAL_OVERHEAD) if same else 0
+            sizes: list[int] = []
+        else:
+            sizes = [2 * k + SEAL_OVERHEAD if k else 0 for k in key_lens]
+            total = sum(sizes)
         out = _pack.output_buffer(total, small)
         status = _pack.status_array(n, small)
         try:
             raise_for_status(
                 lib.kp_generate_data_key_batch(
-                    self.ptr,
+                    self._ptr,
                     scope,
                     n,
                     handle_ptr,
@@ -447,79 +527,18 @@ class NativeHsm:
                     aads[2],
                     out,
                     total,
-                    out_off,
+                    ffi.NULL,
                     status,
                 )
             )
-            results = _split_data_keys(out, total, key_lens, sizes, offsets)
+            results = _split_data_keys(out, total, key_lens, sizes)
         finally:
             _pack.wipe(out, total)
         return _with_failures(results, status, n)
 
-    # --- single items -----------------------------------------------------------------
-    # At one item the native call costs about a microsecond, so each line around it
-    # shows: these use the one-item entry points (no descriptor arrays) and this
-    # thread's output buffer, and nothing else.
-
-    def _encrypt_one(
-        self, scope: int, handle: int, plaintext: bytes, aad: bytes
-    ) -> Result:
-        size = len(plaintext) + SEAL_OVERHEAD
-        out, chars = _pack.single_output(size)
-        status = lib.kp_encrypt_one(
-            self._ptr,
-            scope,
-            handle,
-            plaintext,
-            len(plaintext),
-            aad,
-            len(aad),
-            out,
-            size,
-        )
-        if status:
-            return item_error(status)
-        return ffi.unpack(chars, size)  # type: ignore[no-any-return]
-
-    def _decrypt_one(
-        self, scope: int, handle: int, sealed: bytes, aad: bytes
-    ) -> Result:
-        size = max(len(sealed) - SEAL_OVERHEAD, 0)
-        out, chars = _pack.single_output(size)
-        status = lib.kp_decrypt_one(
-            self._ptr, scope, handle, sealed, len(sealed), aad, len(aad), out, size
-        )
-        if status:
-            return item_error(status)
-        plaintext: bytes = ffi.unpack(chars, size)
-        _pack.wipe(out, size)
-        return plaintext
-
-    def _generate_data_key_one(
-        self, scope: int, handle: int, key_bytes: int, aad: bytes
-    ) -> DataKey | KeyplaneError:
-        valid = 1 <= key_bytes <= MAX_DATA_KEY_BYTES
-        size = 2 * key_bytes + SEAL_OVERHEAD if valid else 0
-        out, chars = _pack.single_output(size)
-        status = lib.kp_generate_data_key_one(
-            self._ptr,
-            scope,
-            handle,
-            key_bytes if valid else 0,
-            aad,
-            len(aad),
-            out,
-            size,
-        )
-        if status:
-            return item_error(status)
-        both: bytes = ffi.unpack(chars, size)
-        _pack.wipe(out, size)
-        return both[:key_bytes], both[key_bytes:]
-
 
 # isinstance against a union costs a few hundred nanoseconds, which the single-item
-# paths notice; an exact type check settles the common cases first.
+# paths notice; they check the exact common types before calling these.
 
 
 def _first(values: int | Sequence[int]) -> int:
@@ -541,22 +560,19 @@ def _first_aad(aad: Aad) -> bytes:
 
 
 def _split_data_keys(
-    out: Any,
-    total: int,
-    key_lens: _pack.SizeList,
-    sizes: _pack.SizeList,
-    offsets: _pack.SizeList,
+    out: Any, total: int, key_lens: list[int], sizes: list[int]
 ) -> list[Any]:
-    first = int(key_lens[0])
-    if 1 <= first <= MAX_DATA_KEY_BYTES and _pack.uniform(key_lens, first):
-        # Every item has the same key size: split both columns with numpy.
+    """Per item (plaintext key, sealed key) from back-to-back ``key || sealed`` rows;
+    ``sizes`` is empty when every item has the key size ``key_lens[0]``."""
+    if not sizes:
+        first = key_lens[0]
+        if not first:
+            return [b""] * len(key_lens)  # every item failed; each gets its error
+        # Split both columns with numpy: two C loops for the whole batch.
         layout = np.dtype(
             [("key", f"V{first}"), ("sealed", f"V{first + SEAL_OVERHEAD}")]
         )
         rows = np.frombuffer(ffi.buffer(out, total), dtype=layout)
         return list(zip(rows["key"].tolist(), rows["sealed"].tolist(), strict=True))
-    items = _pack.split(out, total, sizes, offsets)
-    return [
-        (item[:k], item[k:]) if item else b""
-        for item, k in zip(items, _pack.as_ints(key_lens), strict=True)
-    ]
+    items = _pack.split(out, total, sizes, len(key_lens))
+    return [(item[:k], item[k:]) for item, k in zip(items, key_lens, strict=True)]

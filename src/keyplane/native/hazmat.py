@@ -70,21 +70,20 @@ def _run(
     n = len(items)
     if n == 0:
         return []
-    small = _pack.scratch() if n <= _pack.SMALL_BATCH else None
+    small = _pack.scratch_for(n)
     ivs_, ins_, aads_ = zip(*items, strict=True)
-    ivs = _pack.spans(ivs_, n, small, "iv")
-    ins = _pack.spans(ins_, n, small, "in")
-    aads = _pack.spans(aads_, n, small, "aad")
+    ivs = _pack.column(ivs_, small, "iv")
+    ins = _pack.column(ins_, small, "in")
+    aads = _pack.column(aads_, small, "aad")
     handle_ptr, _keep_handles = _pack.handles(handles, n, small)
-    tag_ptr, tags, _keep_tags = _pack.sizes_array(tag_bytes, n, small, "tag_len")
-    in_lens, tag_lens = _pack.as_ints(ins[3]), _pack.as_ints(tags)
+    tag_lens = [tag_bytes] * n if isinstance(tag_bytes, int) else list(tag_bytes)
+    tag_ptr, _keep_tags = _pack.size_array(tag_lens, small, "tag")
+    pairs = zip(ins[2], tag_lens, strict=True)
     if sealing:
-        sizes = [i + t for i, t in zip(in_lens, tag_lens, strict=True)]
+        sizes = [i + t for i, t in pairs]
     else:
-        sizes = [max(i - t, 0) for i, t in zip(in_lens, tag_lens, strict=True)]
-    out_off, offsets, total, _keep_offsets = _pack.outputs(
-        sizes if small else _pack.np_sizes(sizes), small
-    )
+        sizes = [i - t if i > t else 0 for i, t in pairs]
+    total = sum(sizes)
     out = _pack.output_buffer(total, small)
     status = _pack.status_array(n, small)
     try:
@@ -95,24 +94,24 @@ def _run(
                 handle_ptr,
                 ivs[0],
                 len(ivs[0]),
+                ffi.NULL,
                 ivs[1],
-                ivs[2],
                 ins[0],
                 len(ins[0]),
+                ffi.NULL,
                 ins[1],
-                ins[2],
                 aads[0],
                 len(aads[0]),
+                ffi.NULL,
                 aads[1],
-                aads[2],
                 tag_ptr,
                 out,
                 total,
-                out_off,
+                ffi.NULL,
                 status,
             )
         )
-        results = _pack.split(out, total, sizes, _pack.as_ints(offsets))
+        results = _pack.split(out, total, sizes, n)
     finally:
         _pack.wipe(out, total)
     return _with_failures(results, status, n)
