@@ -10,12 +10,23 @@ partitions and handles, never accounts, key ids or policies.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn, final
 
 from keyplane.errors import PartitionMismatchError, ValidationError
-from keyplane.native import MAX_CONTEXT_BYTES, Aad, DataKey, NativeHsm, Result
+from keyplane.native import (
+    MAX_CONTEXT_BYTES,
+    Aad,
+    DataKey,
+    NativeHsm,
+    Result,
+    memory_locked,
+)
+
+_log = logging.getLogger(__name__)
+_unlocked_reported = threading.Event()
 
 Results = list[Result]
 DataKeyResults = list[DataKey | Any]
@@ -240,6 +251,7 @@ class Hsm:
             root_key[:] = bytes(len(root_key))
         self._lock = threading.Lock()
         self._partitions: dict[tuple[int, int], Partition] = {}
+        _report_unlocked_memory()
 
     def __repr__(self) -> str:
         return f"<Hsm partitions={len(self._partitions)}>"
@@ -293,6 +305,7 @@ class Hsm:
         self._shared.close()
 
     def _native_for(self, tenancy: Tenancy) -> NativeHsm:
+        _report_unlocked_memory()
         if tenancy is Tenancy.SHARED:
             return self._shared
         return self._shared.sibling()
@@ -308,6 +321,20 @@ class Hsm:
     def _forget(self, partition: Partition) -> None:
         with self._lock:
             self._partitions.pop((id(partition.native), partition.id), None)
+
+
+def _report_unlocked_memory() -> None:
+    """Warn once per process if key memory could not be locked against swapping.
+
+    Not fatal: keys still work, but they may reach swap. The usual cause is a low
+    RLIMIT_MEMLOCK (``ulimit -l``) for a process without CAP_IPC_LOCK.
+    """
+    if not _unlocked_reported.is_set() and not memory_locked():
+        _unlocked_reported.set()
+        _log.warning(
+            "key memory could not be locked against swapping "
+            "(raise RLIMIT_MEMLOCK, `ulimit -l`); keys may be swapped to disk"
+        )
 
 
 def encrypt_batch(
