@@ -14,12 +14,14 @@ NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/*.h na
 # numpy's OpenBLAS threads busy-wait beside the benchmarks; keyplane never uses BLAS.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help install test test-unit native-asan bench-native bench lint typecheck clean
+.PHONY: help install serve test test-unit native-asan bench-native bench-http bench lint clean
 
 help:
+	@echo "make serve         run the server on 127.0.0.1:4599, data under ./.keyplane"
 	@echo "make test          build everything and run every test"
 	@echo "make native-asan   run the native tests under AddressSanitizer + UBSan"
 	@echo "make bench-native  the native HSM throughput table"
+	@echo "make bench-http    requests/s and latency over HTTP, against moto"
 	@echo "make lint          ruff and mypy"
 
 $(PY):
@@ -34,6 +36,9 @@ $(STAMP): $(PY) pyproject.toml setup.py $(NATIVE_SOURCES)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/keyplane serve $(SERVE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -70,7 +75,10 @@ native-asan: $(ASAN_STAMP)
 bench-native: $(STAMP)
 	$(PY) bench/native.py
 
-bench: bench-native
+bench-http: $(STAMP)
+	$(PY) bench/http.py $(BENCH_ARGS)
+
+bench: bench-native bench-http
 
 clean:
 	rm -rf $(VENV) $(ASAN_VENV) build dist src/*.egg-info src/keyplane/native/_kp*.so

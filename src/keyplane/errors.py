@@ -50,3 +50,90 @@ class BufferSizeError(InternalError):
 
 class HsmFaultError(InternalError):
     """The HSM failed internally: out of memory, the DRBG, or libcrypto."""
+
+
+# --- requests and the KMS service -----------------------------------------------------
+
+
+class MalformedRequestError(KeyplaneError):
+    """A request body that cannot be read: bad JSON, a member of the wrong type, bad
+    base64."""
+
+
+class UnknownOperationError(KeyplaneError):
+    """A request names an operation the service does not have."""
+
+
+class RequestTooLargeError(KeyplaneError):
+    """A request's headers or body exceed the server's limits."""
+
+
+class NotFoundError(KeyplaneError):
+    """A named key, alias or other resource does not exist."""
+
+
+class AlreadyExistsError(KeyplaneError):
+    """A resource with that name already exists."""
+
+
+class InvalidArnError(KeyplaneError):
+    """An ARN that is malformed, or names another region or resource type."""
+
+
+class InvalidAliasNameError(KeyplaneError):
+    """An alias name that is malformed or reserved."""
+
+
+class DisabledError(KeyplaneError):
+    """The key is disabled."""
+
+
+class KeyStateError(KeyplaneError):
+    """The key's state does not allow the operation (KMSInvalidStateException)."""
+
+
+class IncorrectKeyError(KeyplaneError):
+    """A ciphertext was made under another key than the one the request names."""
+
+
+class InvalidKeyUsageError(KeyplaneError):
+    """The operation does not fit the key's usage or spec."""
+
+
+class UnsupportedOperationError(KeyplaneError):
+    """The operation is not supported for this key or in keyplane."""
+
+
+class InvalidMarkerError(KeyplaneError):
+    """A pagination marker that this service did not issue."""
+
+
+class TagError(KeyplaneError):
+    """A tag key or value that is malformed or reserved."""
+
+
+class ThrottlingError(KeyplaneError):
+    """The service is past its capacity or a quota; the client should retry later."""
+
+
+# --- storage --------------------------------------------------------------------------
+
+
+class StoreError(KeyplaneError):
+    """The durable store failed or holds something it should not."""
+
+
+class StoreConflictError(StoreError):
+    """A record with that identity already exists in the store."""
+
+
+class StoreNotFoundError(StoreError):
+    """The store holds no record with that identity."""
+
+
+class RootKeyError(KeyplaneError):
+    """The root key is missing, malformed, or its file is not private to its owner."""
+
+
+class DryRunError(KeyplaneError):
+    """A DryRun request that would have succeeded (AWS reports it as an error)."""

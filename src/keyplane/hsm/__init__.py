@@ -1,6 +1,7 @@
 """The emulated HSM: partitions (shared or dedicated tenancy), key slots held by handle,
 and batch operations over them. It knows nothing of KMS keys, accounts or policies."""
 
+from keyplane.hsm._batcher import Batcher
 from keyplane.hsm._hsm import (
     Hsm,
     KeySlot,
@@ -10,8 +11,10 @@ from keyplane.hsm._hsm import (
     encrypt_batch,
     generate_data_key_batch,
 )
+from keyplane.native import random_bytes
 
 __all__ = [
+    "Batcher",
     "Hsm",
     "KeySlot",
     "Partition",
@@ -19,4 +22,5 @@ __all__ = [
     "decrypt_batch",
     "encrypt_batch",
     "generate_data_key_batch",
+    "random_bytes",
 ]

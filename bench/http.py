@@ -1,0 +1,1530 @@
+"""Requests/s and latency of keyplane over HTTP, against moto's server mode, in one table.
+
+What it measures, through the full service path (HTTP parsing, X-Amz-Target routing,
+JSON and base64, key lookup, the native HSM, the response):
+
+* ``TrentService.Encrypt`` of a 32-byte plaintext, ``Decrypt`` of a ciphertext made
+  beforehand, and ``GenerateDataKey`` (AES_256), at 1 and at 64 connections, first on
+  keyplane and then on moto (never both at once): requests/s, p50 and p99 latency,
+  errors (any response but 200, and any socket error), the server's CPU use;
+* keyplane only: data keys/s through the batch extension
+  (``KeyplaneService.GenerateDataKey``, 1000 items per request) at 1 and 4 connections;
+* Encrypt again on each server with its request logging on (keyplane's access log at
+  INFO, moto's werkzeug request log), the log going to /dev/null.
+
+The load is closed-loop: each connection sends one request, waits for the whole
+response, and sends the next. It comes from ``wrk`` (installed with apt-get when it is
+missing and this runs as root, saying so) with a generated Lua script, or from
+``bench/loadgen.py`` (uvloop) when wrk cannot be had; one cell is measured with both as
+a cross-check. On a machine with two or more cores the server and all its threads run
+on core 0 and the load generator and this script on core 1.
+
+Both servers get the same request bytes, including a fixed SigV4-shaped Authorization
+header (keyplane ignores it; moto routes on its credential scope). moto answers every
+request with ``Connection: close``, so its keep-alive runs become reconnects: that is
+part of the comparison. A fresh response of every workload is verified (parsed, and
+decrypted back through the same server) before and after each cell, and so are response
+bodies captured during the timed run, so a broken server posts no numbers: its cell
+says INVALID and the exit status is 1. Missed targets are reported, not failed.
+
+The figures also go to ``bench/results/http-<UTC timestamp>.json`` with the commit,
+host, versions and settings.
+
+Run::
+
+    make bench-http                              # about four minutes
+    .venv/bin/python bench/http.py --quick       # about a minute, 2 s per cell
+    .venv/bin/python bench/http.py --loadgen python --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+import loadgen
+
+# This file is bench/http.py, and Python puts the script's folder first on sys.path,
+# where it would shadow the standard library's ``http`` package that boto3 (through
+# urllib3) imports. Nothing above imports ``http``; moving the folder to the end lets
+# the standard library win while ``loadgen`` stays importable.
+_HERE: Final = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
+HOST: Final = "127.0.0.1"
+ROOT: Final = _HERE.parent
+RESULTS_DIR: Final = ROOT / "bench" / "results"
+
+CONNECTIONS: Final = (1, 64)
+BATCH_CONNECTIONS: Final = (1, 4)
+BATCH_ITEMS: Final = 1000
+CROSS_CHECK_CONNECTIONS: Final = 64
+PLAINTEXT_BYTES: Final = 32
+SERVER_CORE: Final = 0
+LOAD_CORE: Final = 1
+WRK_TIMEOUT_S: Final = 5
+START_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 20.0
+
+# Both servers get the same bytes. keyplane does not check signatures yet; moto routes
+# a request to a service by the credential scope of the Authorization header.
+COMMON_HEADERS: Final[Mapping[str, str]] = {
+    "Content-Type": "application/x-amz-json-1.1",
+    "X-Amz-Date": "20260101T000000Z",
+    "Authorization": (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/kms/"
+        "aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature=0000"
+    ),
+}
+
+# moto's server mode, with werkzeug's per-request log line silenced unless asked for,
+# so that by default neither server logs each request. A fixed program, not user input.
+_MOTO_BOOT: Final = """\
+import logging, sys
+from moto.server import main
+if sys.argv[1] == "quiet":
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+main(sys.argv[2:])
+"""
+
+
+class VerificationError(Exception):
+    """A response was wrong: the cell it belongs to must not report numbers."""
+
+
+class BenchError(Exception):
+    """The benchmark could not run a step (a server would not start, a tool failed)."""
+
+
+def progress(message: str) -> None:
+    # Progress goes to stderr so that stdout carries only the table.
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- raw HTTP for set-up and verification ---------------------------------------------
+# The same request bytes as the load, over a plain socket: no client library between
+# what the benchmark verifies and what it times.
+
+
+def headers_for(target: str) -> dict[str, str]:
+    return {"X-Amz-Target": target, **COMMON_HEADERS}
+
+
+def post(
+    port: int, target: str, body: bytes, timeout_s: float = 10.0
+) -> tuple[int, bytes]:
+    """One request on a new connection: (status, body)."""
+    request = loadgen.build_request(HOST, port, body, headers_for(target))
+    with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    buf = b""
+    deadline = time.monotonic() + 30.0
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk or time.monotonic() > deadline:
+            raise VerificationError("the connection closed before a response head")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    status = int(head[9:12])
+    match = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+    if match is None:
+        while chunk and time.monotonic() < deadline:  # until the server closes
+            chunk = sock.recv(65536)
+            body += chunk
+        return status, body
+    length = int(match.group(1))
+    while len(body) < length:
+        chunk = sock.recv(max(65536, length - len(body)))
+        if not chunk or time.monotonic() > deadline:
+            raise VerificationError("the connection closed inside a response body")
+        body += chunk
+    return status, body[:length]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise VerificationError(f"{what} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise VerificationError(f"{what} is not valid base64") from exc
+
+
+def parse_json(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise VerificationError(
+            f"{what}: the body is not JSON: {body[:120]!r}"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise VerificationError(f"{what}: the body is not a JSON object")
+    return doc
+
+
+def call(port: int, target: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    status, body = post(port, target, json.dumps(payload).encode())
+    if status != 200:
+        raise VerificationError(f"{target} answered {status}: {body[:200]!r}")
+    return parse_json(body, target)
+
+
+def decrypt_through(port: int, blob: bytes) -> bytes:
+    doc = call(port, "TrentService.Decrypt", {"CiphertextBlob": b64(blob)})
+    return unb64(doc.get("Plaintext"), "Decrypt Plaintext")
+
+
+# --- workloads ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One request, sent again and again, and how to tell that its answer is right."""
+
+    label: str
+    target: str
+    body: bytes
+    items: int  # data keys (or items) per request
+    verify: Callable[[bytes], None]
+
+
+def make_workloads(port: int, key_id: str, plaintext: bytes) -> dict[str, Workload]:
+    """The four workloads on one server, with a ciphertext for Decrypt made here."""
+
+    def key_matches(doc: Mapping[str, Any], what: str) -> None:
+        arn = doc.get("KeyId")
+        if not isinstance(arn, str) or not arn.endswith(key_id):
+            raise VerificationError(f"{what}: KeyId {arn!r} is not the key used")
+
+    def verify_encrypt(body: bytes) -> None:
+        doc = parse_json(body, "Encrypt")
+        key_matches(doc, "Encrypt")
+        blob = unb64(doc.get("CiphertextBlob"), "Encrypt CiphertextBlob")
+        if decrypt_through(port, blob) != plaintext:
+            raise VerificationError(
+                "Encrypt's ciphertext does not decrypt to the input"
+            )
+
+    def verify_decrypt(body: bytes) -> None:
+        doc = parse_json(body, "Decrypt")
+        key_matches(doc, "Decrypt")
+        if unb64(doc.get("Plaintext"), "Decrypt Plaintext") != plaintext:
+            raise VerificationError("Decrypt did not return the original plaintext")
+
+    def verify_data_key(doc: Mapping[str, Any], what: str, check_blob: bool) -> bytes:
+        key_matches(doc, what)
+        key = unb64(doc.get("Plaintext"), f"{what} Plaintext")
+        if len(key) != 32:
+            raise VerificationError(f"{what}: a {len(key)}-byte AES_256 data key")
+        blob = unb64(doc.get("CiphertextBlob"), f"{what} CiphertextBlob")
+        if check_blob and decrypt_through(port, blob) != key:
+            raise VerificationError(
+                f"{what}: CiphertextBlob does not open to Plaintext"
+            )
+        return key
+
+    def verify_generate(body: bytes) -> None:
+        verify_data_key(parse_json(body, "GenerateDataKey"), "GenerateDataKey", True)
+
+    def verify_batch(body: bytes) -> None:
+        results = parse_json(body, "batch").get("Results")
+        if not isinstance(results, list) or len(results) != BATCH_ITEMS:
+            raise VerificationError(f"batch: not {BATCH_ITEMS} Results")
+        keys = set()
+        # Every item is checked for shape; a spread of them is opened again.
+        opened = {0, BATCH_ITEMS // 2, BATCH_ITEMS - 1}
+        for i, item in enumerate(results):
+            if not isinstance(item, dict) or "Error" in item:
+                raise VerificationError(f"batch: item {i} failed: {item!r:.200}")
+            keys.add(verify_data_key(item, f"batch item {i}", i in opened))
+        if len(keys) != BATCH_ITEMS:
+            raise VerificationError("batch: a data key repeats within one response")
+
+    encrypt_body = {"KeyId": key_id, "Plaintext": b64(plaintext)}
+    doc = call(port, "TrentService.Encrypt", encrypt_body)
+    ciphertext = unb64(doc.get("CiphertextBlob"), "Encrypt CiphertextBlob")
+    data_key_body = {"KeyId": key_id, "KeySpec": "AES_256"}
+
+    def compact(payload: Mapping[str, Any]) -> bytes:
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    return {
+        "Encrypt": Workload(
+            "Encrypt", "TrentService.Encrypt", compact(encrypt_body), 1, verify_encrypt
+        ),
+        "Decrypt": Workload(
+            "Decrypt",
+            "TrentService.Decrypt",
+            compact({"CiphertextBlob": b64(ciphertext)}),
+            1,
+            verify_decrypt,
+        ),
+        "GenerateDataKey": Workload(
+            "GenerateDataKey",
+            "TrentService.GenerateDataKey",
+            compact(data_key_body),
+            1,
+            verify_generate,
+        ),
+        "batch": Workload(
+            f"batch GenerateDataKey x{BATCH_ITEMS}",
+            "KeyplaneService.GenerateDataKey",
+            compact({"Items": [data_key_body] * BATCH_ITEMS}),
+            BATCH_ITEMS,
+            verify_batch,
+        ),
+    }
+
+
+def verify_fresh(port: int, workload: Workload) -> None:
+    status, body = post(port, workload.target, workload.body)
+    if status != 200:
+        raise VerificationError(f"{workload.label} answered {status}: {body[:200]!r}")
+    workload.verify(body)
+
+
+# --- servers --------------------------------------------------------------------------
+
+
+def _pin(core: int | None) -> Callable[[], None] | None:
+    if core is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {core})
+
+    return pin
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU of every thread of ``pid`` so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_affinities(pid: int) -> set[frozenset[int]]:
+    found: set[frozenset[int]] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found.add(frozenset(os.sched_getaffinity(int(task.name))))
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """One server process, started pinned, stopped with SIGTERM."""
+
+    name: str  # "keyplane" or "moto"
+    variant: str  # "" or "logging on"
+    proc: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path | None
+    started_s: float
+    exit_code: int | None = None
+    stderr_tail: str = ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu_seconds(self) -> float | None:
+        return process_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                progress(f"{self.name} did not stop within {STOP_TIMEOUT_S:.0f} s")
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT_S)
+        self.exit_code = self.proc.returncode
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.stderr_path is not None:
+            with contextlib.suppress(OSError):
+                text = self.stderr_path.read_text(errors="replace")
+                self.stderr_tail = text[-2000:]
+
+
+def _read_line_until(
+    stream: IO[bytes], pattern: re.Pattern[bytes], timeout_s: float
+) -> re.Match[bytes]:
+    fd = stream.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for line in buf.split(b"\n"):
+            match = pattern.search(line)
+            if match is not None:
+                return match
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(f"no ready line within {timeout_s:.0f} s: {buf[-300:]!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise BenchError(
+                    f"the server exited before it was ready: {buf[-300:]!r}"
+                )
+            buf += chunk
+
+
+def start_keyplane(
+    data_dir: Path, log_level: str, core: int | None, work: Path
+) -> Server:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    # At INFO every request writes an access-log line to stderr, which goes to
+    # /dev/null; at WARNING stderr is kept, to report anything the server complains of.
+    stderr_path = None if log_level == "INFO" else work / f"keyplane-{log_level}.err"
+    stderr: IO[bytes] | int
+    stderr = subprocess.DEVNULL if stderr_path is None else stderr_path.open("wb")
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "keyplane",
+                "serve",
+                "--port",
+                "0",
+                "--host",
+                HOST,
+                "--data-dir",
+                str(data_dir),
+                "--log-level",
+                log_level,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            cwd=work,
+            preexec_fn=_pin(core),  # pins the server; this process has no threads
+        )
+    finally:
+        if not isinstance(stderr, int):
+            stderr.close()
+    assert proc.stdout is not None
+    try:
+        match = _read_line_until(
+            proc.stdout,
+            re.compile(rb"keyplane listening on http://[0-9.]+:(\d+)"),
+            START_TIMEOUT_S,
+        )
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    variant = "logging on" if log_level == "INFO" else ""
+    return Server("keyplane", variant, proc, int(match.group(1)), stderr_path, started)
+
+
+def start_moto(request_log: bool, core: int | None, work: Path) -> Server:
+    port = free_port()
+    stderr_path = None if request_log else work / "moto.err"
+    stderr: IO[bytes] | int
+    stderr = subprocess.DEVNULL if stderr_path is None else stderr_path.open("wb")
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _MOTO_BOOT,
+                "log" if request_log else "quiet",
+                "-H",
+                HOST,
+                "-p",
+                str(port),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=work,
+            preexec_fn=_pin(core),  # pins the server; this process has no threads
+        )
+    finally:
+        if not isinstance(stderr, int):
+            stderr.close()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(
+                f"moto exited with code {proc.returncode} before listening"
+            )
+        try:
+            socket.create_connection((HOST, port), timeout=1.0).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise BenchError(
+                    f"moto did not listen within {START_TIMEOUT_S:.0f} s"
+                ) from None
+            time.sleep(0.05)
+    variant = "logging on" if request_log else ""
+    return Server("moto", variant, proc, port, stderr_path, started)
+
+
+def create_key(port: int) -> str:
+    """A symmetric key made through boto3, as any client would make one."""
+    # Imported here, after the sys.path fix at the top, because boto3 imports ``http``.
+    import boto3  # type: ignore[import-untyped]  # boto3 ships no type hints
+
+    kms = boto3.client(
+        "kms",
+        endpoint_url=f"http://{HOST}:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="y",  # noqa: S106 - a dummy; neither server checks it
+    )
+    key_id = kms.create_key(Description="bench/http.py")["KeyMetadata"]["KeyId"]
+    if not isinstance(key_id, str):
+        raise BenchError(f"CreateKey returned {key_id!r}")
+    return key_id
+
+
+# --- load generators ------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One timed run, as either generator reports it."""
+
+    requests: int
+    seconds: float
+    p50_ms: float | None
+    p75_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    mean_ms: float | None
+    statuses: dict[int, int]
+    socket_errors: dict[str, int]
+    bytes_received: int
+    generator_cpu_s: float
+    samples: list[bytes]
+    bad_sample: bytes | None
+    reconnects: int | None = None  # loadgen only; wrk reconnects without counting
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def non_200(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != 200)
+
+    @property
+    def errors(self) -> int:
+        return self.non_200 + sum(self.socket_errors.values())
+
+
+def _lua_string(text: str) -> str:
+    """``text`` as a Lua long-bracket literal whose closing bracket it cannot contain."""
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{text}]{eq}]"
+
+
+_WRK_DONE: Final = r"""
+threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+statuses = {}
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status == 200 then
+    last_body = body
+  elseif bad_body == nil then
+    bad_body = body
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "@@WRK %d %d %d %d %d %d %d %d %.1f %.1f %.1f %.1f %.1f %.3f\n",
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(75), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean))
+  for _, t in ipairs(threads) do
+    local s = t:get("statuses")
+    if s then
+      for code, n in pairs(s) do io.write(string.format("@@STATUS %d %d\n", code, n)) end
+    end
+    local b = t:get("last_body")
+    if b then io.write("@@LAST ", #b, "\n", b, "\n") end
+    local bad = t:get("bad_body")
+    if bad then io.write("@@BAD ", #bad, "\n", bad, "\n") end
+  end
+end
+"""
+
+
+def wrk_script(workload: Workload) -> str:
+    lines = ['wrk.method = "POST"', 'wrk.path = "/"']
+    for name, value in headers_for(workload.target).items():
+        lines.append(f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}")
+    lines.append(f"wrk.body = {_lua_string(workload.body.decode('ascii'))}")
+    return "\n".join(lines) + "\n" + _WRK_DONE
+
+
+def _take_blob(out: bytes, marker: bytes) -> bytes | None:
+    at = out.find(marker)
+    if at < 0:
+        return None
+    at += len(marker)
+    newline = out.index(b"\n", at)
+    size = int(out[at:newline])
+    return out[newline + 1 : newline + 1 + size]
+
+
+class Wrk:
+    name = "wrk"
+
+    def __init__(self, exe: str, core: int | None, work: Path) -> None:
+        self.exe = exe
+        self.core = core
+        self.work = work
+
+    def version(self) -> str | None:
+        out = _run([self.exe, "-v"])
+        return out.splitlines()[0].split(" Copyright")[0] if out else None
+
+    def run(
+        self, port: int, workload: Workload, connections: int, seconds: int
+    ) -> Measurement:
+        name = re.sub(r"[^A-Za-z0-9]+", "-", workload.label)
+        script = self.work / f"wrk-{name}-{port}.lua"
+        script.write_text(wrk_script(workload))
+        cmd = [
+            self.exe,
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            f"{WRK_TIMEOUT_S}s",
+            "-s",
+            str(script),
+            f"http://{HOST}:{port}/",
+        ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            check=False,
+            timeout=seconds + 60,
+            preexec_fn=_pin(self.core),  # pins wrk; no threads here
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        out = proc.stdout
+        match = re.search(rb"^@@WRK ([^\n]*)$", out, re.MULTILINE)
+        if proc.returncode != 0 or match is None:
+            tail = (proc.stderr or out)[-300:]
+            raise BenchError(f"wrk exited {proc.returncode}: {tail!r}")
+        f = match.group(1).split()
+        requests, duration_us, nbytes = int(f[0]), int(f[1]), int(f[2])
+        connect, read, write, _status, timeout = (int(x) for x in f[3:8])
+        p50, p75, p90, p99, pmax, mean = (float(x) / 1000 for x in f[8:14])
+        statuses = {
+            int(code): int(n)
+            for code, n in re.findall(rb"^@@STATUS (\d+) (\d+)$", out, re.MULTILINE)
+        }
+        last = _take_blob(out, b"@@LAST ")
+        have = requests > 0
+        return Measurement(
+            requests=requests,
+            seconds=duration_us / 1e6,
+            p50_ms=p50 if have else None,
+            p75_ms=p75 if have else None,
+            p90_ms=p90 if have else None,
+            p99_ms=p99 if have else None,
+            max_ms=pmax if have else None,
+            mean_ms=mean if have else None,
+            statuses=statuses,
+            socket_errors={
+                k: v
+                for k, v in (
+                    ("connect", connect),
+                    ("read", read),
+                    ("write", write),
+                    ("timeout", timeout),
+                )
+                if v
+            },
+            bytes_received=nbytes,
+            generator_cpu_s=cpu,
+            samples=[last] if last is not None else [],
+            bad_sample=_take_blob(out, b"@@BAD "),
+        )
+
+
+class Loadgen:
+    name = "loadgen"
+
+    def version(self) -> str:
+        return f"bench/loadgen.py on {loadgen.event_loop_name()}"
+
+    def run(
+        self, port: int, workload: Workload, connections: int, seconds: int
+    ) -> Measurement:
+        request = loadgen.build_request(
+            HOST, port, workload.body, headers_for(workload.target)
+        )
+        result = loadgen.run_load(
+            HOST, port, request, connections=connections, duration_s=seconds, warmup_s=0
+        )
+        p50, p75, p90, p99, pmax = loadgen.percentiles_ms(
+            result.latencies_ns, (50, 75, 90, 99, 100)
+        )
+        lat = result.latencies_ns
+        return Measurement(
+            requests=result.requests,
+            seconds=result.seconds,
+            p50_ms=p50,
+            p75_ms=p75,
+            p90_ms=p90,
+            p99_ms=p99,
+            max_ms=pmax,
+            mean_ms=sum(lat) / len(lat) / 1e6 if lat else None,
+            statuses=result.statuses,
+            socket_errors=result.socket_errors,
+            bytes_received=result.bytes_received,
+            generator_cpu_s=result.cpu_seconds,
+            samples=result.samples,
+            bad_sample=result.bad_sample,
+            reconnects=result.reconnects,
+        )
+
+
+Generator = Wrk | Loadgen
+
+
+# --- cells ----------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    server: str
+    variant: str
+    operation: str
+    connections: int
+    generator: str
+    items_per_request: int = 1
+    measurement: Measurement | None = None
+    server_cpu_s: float | None = None
+    error: str | None = None
+    role: str = "table"  # "table", or "cross" for the cross-check's second run
+
+    @property
+    def rps(self) -> float | None:
+        m = self.measurement
+        return None if m is None or self.error else m.requests_per_second
+
+    @property
+    def items_per_second(self) -> float | None:
+        rps = self.rps
+        return None if rps is None else rps * self.items_per_request
+
+    @property
+    def errors(self) -> int | None:
+        return None if self.measurement is None else self.measurement.errors
+
+    @property
+    def server_cpu_share(self) -> float | None:
+        m = self.measurement
+        if m is None or self.server_cpu_s is None or m.seconds <= 0:
+            return None
+        return self.server_cpu_s / m.seconds
+
+    @property
+    def generator_cpu_share(self) -> float | None:
+        m = self.measurement
+        return None if m is None or m.seconds <= 0 else m.generator_cpu_s / m.seconds
+
+    def key(self) -> tuple[str, str, int]:
+        return (self.variant, self.operation, self.connections)
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: int
+    warmup_seconds: int
+    quick: bool
+    loadgen: str  # "auto", "wrk" or "python"
+    install_wrk: bool
+
+
+def measure(
+    server: Server,
+    generator: Generator,
+    workload: Workload,
+    connections: int,
+    settings: Settings,
+) -> Cell:
+    """Verify, warm up, time, verify again: one cell of the table."""
+    cell = Cell(
+        server.name,
+        server.variant,
+        workload.label,
+        connections,
+        generator.name,
+        workload.items,
+    )
+    progress(
+        f"{server.name}{' (' + server.variant + ')' if server.variant else ''} "
+        f"{workload.label} x{connections} with {generator.name}"
+    )
+    try:
+        if not server.alive():
+            raise BenchError(f"the server has exited (code {server.proc.returncode})")
+        verify_fresh(server.port, workload)
+        if settings.warmup_seconds:
+            generator.run(server.port, workload, connections, settings.warmup_seconds)
+        cpu_before = server.cpu_seconds()
+        m = generator.run(server.port, workload, connections, settings.seconds)
+        cpu_after = server.cpu_seconds()
+        cell.measurement = m
+        if cpu_before is not None and cpu_after is not None:
+            cell.server_cpu_s = cpu_after - cpu_before
+        if not server.alive():
+            raise BenchError(
+                f"the server exited during the run (code {server.proc.returncode})"
+            )
+        if m.requests and not m.samples and m.non_200 < m.requests:
+            raise VerificationError("no response body was captured to verify")
+        for body in m.samples:
+            workload.verify(body)
+        verify_fresh(server.port, workload)
+    except (VerificationError, BenchError, OSError, subprocess.TimeoutExpired) as exc:
+        cell.error = f"{type(exc).__name__}: {exc}"
+        progress(f"  INVALID: {cell.error[:300]}")
+    return cell
+
+
+# --- host, versions -------------------------------------------------------------------
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # wrk -v exits 1 after printing its version.
+    return (proc.stdout or proc.stderr).strip() or None
+
+
+def git_info() -> dict[str, Any]:
+    commit = _run(["git", "rev-parse", "HEAD"])
+    if commit is not None and not re.fullmatch(r"[0-9a-f]{40}", commit):
+        commit = None
+    # --no-optional-locks: status must not refresh (write) the index of a shared tree.
+    status = (
+        _run(
+            [
+                "git",
+                "--no-optional-locks",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+            ]
+        )
+        if commit
+        else None
+    )
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def cpu_info() -> dict[str, Any]:
+    model: str | None = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+                break
+    return {
+        "model": model or platform.processor() or None,
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.platform(),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    def dist(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    found: dict[str, str | None] = {
+        "python": f"{platform.python_implementation()} {platform.python_version()}"
+    }
+    for name in (
+        "keyplane",
+        "moto",
+        "werkzeug",
+        "flask",
+        "boto3",
+        "botocore",
+        "uvloop",
+        "httptools",
+        "orjson",
+        "cryptography",
+    ):
+        found[name] = dist(name)
+    return found
+
+
+def ensure_wrk(install: bool) -> tuple[str | None, str]:
+    """wrk's path, installing it from Debian when missing and allowed; and a note."""
+    exe = shutil.which("wrk")
+    if exe is not None:
+        return exe, "found on PATH"
+    if not install:
+        return None, "not found (--no-install)"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None, "not found, and apt-get is unavailable or this is not root"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for step in (
+        ["apt-get", "install", "-y", "-q", "wrk"],
+        ["apt-get", "update", "-q"],
+    ):
+        progress(f"wrk not found: running {' '.join(step)}")
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(step, capture_output=True, check=False, timeout=600, env=env)
+        if step[1] == "update":
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                progress("running apt-get install -y -q wrk")
+                subprocess.run(
+                    ["apt-get", "install", "-y", "-q", "wrk"],
+                    capture_output=True,
+                    check=False,
+                    timeout=600,
+                    env=env,
+                )
+        exe = shutil.which("wrk")
+        if exe is not None:
+            return exe, "installed with apt-get by this run"
+    return None, "not found, and apt-get install wrk failed"
+
+
+# --- targets --------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    goal: str
+    want: str
+    got: str
+    met: bool
+
+
+def _cell(
+    cells: Sequence[Cell], server: str, operation: str, conns: int, variant: str = ""
+) -> Cell | None:
+    for c in cells:
+        if c.role != "table":
+            continue
+        if (c.server, c.variant, c.operation, c.connections) == (
+            server,
+            variant,
+            operation,
+            conns,
+        ):
+            return c
+    return None
+
+
+def _usable(cell: Cell | None) -> bool:
+    return (
+        cell is not None
+        and cell.error is None
+        and cell.errors == 0
+        and cell.rps is not None
+    )
+
+
+def _why_not(cell: Cell | None) -> str:
+    if cell is None:
+        return "not run"
+    if cell.error is not None:
+        return "invalid"
+    return f"{cell.errors} errors"
+
+
+def ratio(
+    cells: Sequence[Cell], operation: str, conns: int, variant: str = ""
+) -> float | None:
+    kp = _cell(cells, "keyplane", operation, conns, variant)
+    moto = _cell(cells, "moto", operation, conns, variant)
+    if kp is None or moto is None or kp.rps is None or not moto.rps:
+        return None
+    return kp.rps / moto.rps
+
+
+def evaluate(cells: Sequence[Cell]) -> list[Target]:
+    targets: list[Target] = []
+
+    def add(
+        goal: str,
+        want: str,
+        cell: Cell | None,
+        value: float | None,
+        ok: Callable[[float], bool],
+        fmt: str,
+    ) -> None:
+        if value is None or not _usable(cell):
+            got = "-" if value is None else fmt.format(value)
+            targets.append(Target(goal, want, f"{got} ({_why_not(cell)})", False))
+            return
+        targets.append(Target(goal, want, fmt.format(value), ok(value)))
+
+    enc64 = _cell(cells, "keyplane", "Encrypt", 64)
+    add(
+        "keyplane Encrypt req/s, 64 connections",
+        ">= 20,000",
+        enc64,
+        enc64.rps if enc64 else None,
+        lambda v: v >= 20_000,
+        "{:,.0f}",
+    )
+    for op in ("Encrypt", "Decrypt", "GenerateDataKey"):
+        moto = _cell(cells, "moto", op, 64)
+        kp = _cell(cells, "keyplane", op, 64)
+        r = ratio(cells, op, 64)
+        # The moto side must be clean too, or the ratio means nothing.
+        judged = kp if _usable(moto) else moto
+        add(
+            f"keyplane/moto {op}, 64 connections",
+            ">= 75x",
+            judged,
+            r,
+            lambda v: v >= 75,
+            "{:.1f}x",
+        )
+    for op in ("Encrypt", "Decrypt", "GenerateDataKey"):
+        kp = _cell(cells, "keyplane", op, 64)
+        p99 = kp.measurement.p99_ms if kp and kp.measurement else None
+        add(
+            f"keyplane {op} p99, 64 connections",
+            "< 10 ms",
+            kp,
+            p99,
+            lambda v: v < 10,
+            "{:.2f} ms",
+        )
+    for op in ("Encrypt", "Decrypt", "GenerateDataKey"):
+        kp = _cell(cells, "keyplane", op, 1)
+        p50 = kp.measurement.p50_ms if kp and kp.measurement else None
+        add(
+            f"keyplane {op} p50, 1 connection",
+            "< 0.2 ms",
+            kp,
+            p50,
+            lambda v: v < 0.2,
+            "{:.3f} ms",
+        )
+    batch = [
+        c for c in cells if c.items_per_request > 1 and c.items_per_second is not None
+    ]
+    best = max(batch, key=lambda c: c.items_per_second or 0.0, default=None)
+    label = (
+        f"batch data keys/s (best: {best.connections} conn)"
+        if best
+        else "batch data keys/s"
+    )
+    add(
+        label,
+        ">= 500,000",
+        best,
+        best.items_per_second if best else None,
+        lambda v: v >= 500_000,
+        "{:,.0f}",
+    )
+    return targets
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _row(cell: Cell, label: str, kp_moto: float | None) -> str:
+    if cell.error is not None:
+        return f"{label:<28} {cell.connections:>5}  INVALID: {cell.error[:60]}"
+    m = cell.measurement
+    assert m is not None
+    return (
+        f"{label:<28} {cell.connections:>5}  {_num(cell.rps, '{:,.0f}'):>9}  "
+        f"{_num(m.p50_ms, '{:.3f}'):>8}  {_num(m.p99_ms, '{:.3f}'):>8}  "
+        f"{cell.errors:>6}  {_pct(cell.server_cpu_share):>7}  "
+        f"{_pct(cell.generator_cpu_share):>7}  {_num(kp_moto, '{:.1f}x'):>7}"
+    )
+
+
+def render(
+    cells: Sequence[Cell],
+    cross: tuple[Cell, Cell] | None,
+    targets: Sequence[Target],
+    header: Sequence[str],
+    notes: Sequence[str],
+) -> str:
+    out = list(header)
+    out.append("")
+    out.append(
+        f"{'server / operation':<28} {'conns':>5}  {'req/s':>9}  {'p50 ms':>8}  "
+        f"{'p99 ms':>8}  {'errors':>6}  {'srv cpu':>7}  {'gen cpu':>7}  {'kp/moto':>7}"
+    )
+    out.append("-" * 101)
+    single = [c for c in cells if c.items_per_request == 1 and c.role == "table"]
+    for server in ("keyplane", "moto"):
+        rows = [c for c in single if c.server == server and not c.variant]
+        if not rows:
+            continue
+        out.append(server)
+        for c in rows:
+            r = (
+                ratio(cells, c.operation, c.connections)
+                if server == "keyplane"
+                else None
+            )
+            out.append(_row(c, f"  {c.operation}", r))
+    logged = [c for c in single if c.variant]
+    if logged:
+        out.append("with per-request logging on (to /dev/null)")
+        for c in logged:
+            r = (
+                ratio(cells, c.operation, c.connections, c.variant)
+                if c.server == "keyplane"
+                else None
+            )
+            out.append(_row(c, f"  {c.server} {c.operation}", r))
+    batch = [c for c in cells if c.items_per_request > 1]
+    if batch:
+        out.append("")
+        out.append(
+            f"batch extension (keyplane only): KeyplaneService.GenerateDataKey, "
+            f"{BATCH_ITEMS} AES_256 items per request"
+        )
+        out.append(
+            f"{'conns':>5}  {'req/s':>9}  {'data keys/s':>12}  {'p50 ms':>8}  "
+            f"{'p99 ms':>8}  {'errors':>6}  {'srv cpu':>7}  {'gen cpu':>7}"
+        )
+        for c in batch:
+            if c.error is not None:
+                out.append(f"{c.connections:>5}  INVALID: {c.error[:80]}")
+                continue
+            m = c.measurement
+            assert m is not None
+            out.append(
+                f"{c.connections:>5}  {_num(c.rps, '{:,.0f}'):>9}  "
+                f"{_num(c.items_per_second, '{:,.0f}'):>12}  "
+                f"{_num(m.p50_ms, '{:.3f}'):>8}  {_num(m.p99_ms, '{:.3f}'):>8}  "
+                f"{c.errors:>6}  {_pct(c.server_cpu_share):>7}  "
+                f"{_pct(c.generator_cpu_share):>7}"
+            )
+    if cross is not None:
+        first, second = cross
+        out.append("")
+        out.append(
+            f"cross-check, keyplane Encrypt at {first.connections} connections, "
+            "the two generators back to back:"
+        )
+        for c in cross:
+            m = c.measurement
+            if c.error is not None or m is None:
+                out.append(f"  {c.generator:<8} INVALID: {c.error}")
+                continue
+            out.append(
+                f"  {c.generator:<8} {_num(c.rps, '{:,.0f}'):>9} req/s  "
+                f"p50 {_num(m.p50_ms, '{:.3f}')} ms  p99 {_num(m.p99_ms, '{:.3f}')} ms  "
+                f"errors {c.errors}  srv cpu {_pct(c.server_cpu_share)}  "
+                f"gen cpu {_pct(c.generator_cpu_share)}"
+            )
+        if first.rps and second.rps:
+            out.append(
+                f"  {second.generator}/{first.generator} req/s: {second.rps / first.rps:.2f}"
+            )
+    out.append("")
+    out.append("targets:")
+    for t in targets:
+        out.append(
+            f"  {t.goal:<44} {t.want:>10}  {t.got:>22}  {'MET' if t.met else 'MISSED'}"
+        )
+    out.append(f"  {sum(t.met for t in targets)} of {len(targets)} met")
+    if notes:
+        out.append("")
+        out.append("notes:")
+        out.extend(f"  - {n}" for n in notes)
+    return "\n".join(line.rstrip() for line in out)
+
+
+def cell_notes(cells: Sequence[Cell]) -> list[str]:
+    notes: list[str] = []
+    for c in cells:
+        m = c.measurement
+        name = f"{c.server}{' (' + c.variant + ')' if c.variant else ''} {c.operation} x{c.connections} [{c.generator}]"
+        if c.error is not None:
+            notes.append(f"{name}: INVALID, {c.error[:300]}")
+        if m is None:
+            continue
+        if m.non_200:
+            bad = {s: n for s, n in m.statuses.items() if s != 200}
+            sample = (m.bad_sample or b"")[:160]
+            notes.append(f"{name}: non-200 responses {bad}, e.g. {sample!r}")
+        if m.socket_errors:
+            notes.append(f"{name}: socket errors {m.socket_errors}")
+    return notes
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
+    parser = argparse.ArgumentParser(
+        description="keyplane vs moto over HTTP: requests/s and latency"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s per cell (about a minute in all)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        metavar="S",
+        help="timed seconds per cell (default 8, quick 2)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, metavar="S", help="warm-up seconds per cell (default 1)"
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="the load generator: wrk if it can be had (auto), wrk only, or bench/loadgen.py",
+    )
+    parser.add_argument(
+        "--no-install", action="store_true", help="never apt-get install wrk"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="where to write the JSON (default bench/results/)",
+    )
+    args = parser.parse_args(argv)
+    seconds = args.duration if args.duration is not None else (2 if args.quick else 8)
+    warmup = args.warmup if args.warmup is not None else 1
+    if not 1 <= seconds <= 120:
+        parser.error("--duration must be 1 to 120 seconds")
+    if not 0 <= warmup <= 30:
+        parser.error("--warmup must be 0 to 30 seconds")
+    return Settings(
+        seconds, warmup, args.quick, args.loadgen, not args.no_install
+    ), args.json
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, json_path = parse_args(argv)
+    started = time.monotonic()
+    created = datetime.now(UTC)
+
+    host = cpu_info()  # before this process pins itself to one core
+    cores = sorted(os.sched_getaffinity(0))
+    server_core: int | None
+    load_core: int | None
+    if len(cores) >= 2:
+        server_core, load_core = cores[0], cores[1]
+        os.sched_setaffinity(0, {load_core})
+        pinning = (
+            f"server and all its threads on core {server_core}; wrk, bench/loadgen.py "
+            f"and this script on core {load_core}"
+        )
+    else:
+        server_core = load_core = None
+        pinning = "nothing (fewer than two cores available); server and load share"
+
+    wrk_exe: str | None = None
+    wrk_note = "not wanted (--loadgen python)"
+    if settings.loadgen != "python":
+        wrk_exe, wrk_note = ensure_wrk(settings.install_wrk)
+        if wrk_exe is None and settings.loadgen == "wrk":
+            progress(f"wrk: {wrk_note}")
+            return 2
+
+    with tempfile.TemporaryDirectory(prefix="kp-bench-http-") as tmp:
+        work = Path(tmp)
+        python_gen = Loadgen()
+        wrk = Wrk(wrk_exe, load_core, work) if wrk_exe else None
+        main_gen: Generator = wrk if wrk is not None else python_gen
+        generator_line = (
+            f"load generator: {wrk.version()} (-t1, closed loop, Lua script), "
+            f"wrk {wrk_note}; bench/loadgen.py on {loadgen.event_loop_name()} cross-checks one cell"
+            if wrk is not None
+            else f"load generator: bench/loadgen.py on {loadgen.event_loop_name()} "
+            f"(closed loop, depth 1); wrk {wrk_note}"
+        )
+        cells: list[Cell] = []
+        cross: tuple[Cell, Cell] | None = None
+        servers: list[dict[str, Any]] = []
+        pin_checks: list[str] = []
+        failures: list[str] = []
+        plaintext = os.urandom(PLAINTEXT_BYTES)
+
+        def check_pinning(server: Server, when: str) -> None:
+            if server_core is None:
+                return
+            found = thread_affinities(server.proc.pid)
+            if found and found != {frozenset({server_core})}:
+                shown = sorted(sorted(cpus) for cpus in found)
+                pin_checks.append(f"{server.name} {when}: thread affinities {shown}")
+
+        def phase(
+            label: str,
+            start: Callable[[], Server],
+            body: Callable[[Server, dict[str, Workload]], None],
+        ) -> None:
+            """Start a server, make a key and the workloads, run ``body``, stop it."""
+            try:
+                server = start()
+            except (BenchError, OSError) as exc:
+                failures.append(f"{label} did not start: {exc}")
+                return
+            try:
+                check_pinning(server, "after start")
+                workloads = make_workloads(
+                    server.port, create_key(server.port), plaintext
+                )
+                body(server, workloads)
+                check_pinning(server, "at the end")
+            except Exception as exc:  # a failed set-up voids this server's rows only
+                failures.append(f"{label}: {type(exc).__name__}: {exc}")
+            finally:
+                server.stop()
+                servers.append(
+                    {
+                        "name": server.name,
+                        "variant": server.variant,
+                        "exit_code": server.exit_code,
+                        "stderr_tail": server.stderr_tail,
+                    }
+                )
+
+        ops = ("Encrypt", "Decrypt", "GenerateDataKey")
+
+        def keyplane_body(server: Server, wl: dict[str, Workload]) -> None:
+            nonlocal cross
+            for op in ops:
+                for conns in CONNECTIONS:
+                    cells.append(measure(server, main_gen, wl[op], conns, settings))
+                    if op == "Encrypt" and conns == CROSS_CHECK_CONNECTIONS:
+                        other: Generator = (
+                            python_gen if main_gen is wrk else (wrk or python_gen)
+                        )
+                        if other is not main_gen:
+                            # Back to back with the table's cell, on the same server.
+                            second = measure(server, other, wl[op], conns, settings)
+                            second.role = "cross"
+                            cells.append(second)
+                            cross = (cells[-2], second)
+            for conns in BATCH_CONNECTIONS:
+                cells.append(measure(server, main_gen, wl["batch"], conns, settings))
+
+        def encrypt_only(server: Server, wl: dict[str, Workload]) -> None:
+            for conns in CONNECTIONS:
+                cells.append(measure(server, main_gen, wl["Encrypt"], conns, settings))
+
+        def moto_body(server: Server, wl: dict[str, Workload]) -> None:
+            for op in ops:
+                for conns in CONNECTIONS:
+                    cells.append(measure(server, main_gen, wl[op], conns, settings))
+
+        # keyplane without and then with its access log; then moto likewise; never two
+        # servers at once.
+        phase(
+            "keyplane",
+            lambda: start_keyplane(work / "data-quiet", "WARNING", server_core, work),
+            keyplane_body,
+        )
+        phase(
+            "keyplane (access log)",
+            lambda: start_keyplane(work / "data-info", "INFO", server_core, work),
+            encrypt_only,
+        )
+        phase("moto", lambda: start_moto(False, server_core, work), moto_body)
+        phase(
+            "moto (request log)",
+            lambda: start_moto(True, server_core, work),
+            encrypt_only,
+        )
+
+    elapsed = time.monotonic() - started
+    targets = evaluate(cells)
+    git, vers = git_info(), versions()
+    notes = cell_notes(cells)
+    notes += failures
+    notes += [f"pinning check: {p}" for p in pin_checks]
+    for s in servers:
+        label = f"{s['name']}{' (' + s['variant'] + ')' if s['variant'] else ''}"
+        if s["name"] == "keyplane" and s["exit_code"] != 0:
+            notes.append(f"{label} exited with code {s['exit_code']} on SIGTERM")
+        if s["stderr_tail"].strip():
+            first = s["stderr_tail"].strip().splitlines()[-1][:150]
+            notes.append(f"{label} wrote to stderr (last line: {first!r})")
+
+    header = [
+        f"keyplane HTTP throughput and latency vs moto, {created:%Y-%m-%d %H:%M} UTC, "
+        f"commit {(git['commit'] or 'unknown')[:12]}"
+        f"{' (dirty tree)' if git['dirty'] else ''}",
+        f"cpu: {host['model']}, nproc {host['nproc']}; {vers['python']}, keyplane "
+        f"{vers['keyplane']}, moto {vers['moto']} (werkzeug {vers['werkzeug']})",
+        generator_line,
+        f"pinned: {pinning}",
+        f"each cell: {settings.warmup_seconds} s warm-up, then {settings.seconds} s timed; "
+        f"Encrypt of {PLAINTEXT_BYTES} B, Decrypt of its ciphertext, "
+        "GenerateDataKey AES_256",
+        "keyplane --log-level WARNING (no access log); moto's per-request log silenced; "
+        "moto closes every connection",
+        "errors: responses other than 200 plus socket errors; srv cpu: the server's CPU "
+        "time over the window (100% = one core)",
+        f"run took {elapsed:.0f} s",
+    ]
+    print(render(cells, cross, targets, header, notes))
+
+    def cell_json(c: Cell) -> dict[str, Any]:
+        m = c.measurement
+        data: dict[str, Any] = {
+            "server": c.server,
+            "variant": c.variant,
+            "operation": c.operation,
+            "connections": c.connections,
+            "generator": c.generator,
+            "role": c.role,
+            "items_per_request": c.items_per_request,
+            "requests_per_second": c.rps,
+            "items_per_second": c.items_per_second,
+            "server_cpu_seconds": c.server_cpu_s,
+            "error": c.error,
+        }
+        if m is not None:
+            mj = asdict(m)
+            for drop in ("samples", "bad_sample"):
+                mj.pop(drop)
+            mj["statuses"] = {str(k): v for k, v in m.statuses.items()}
+            mj["errors"] = m.errors
+            mj["bad_sample"] = (
+                None if m.bad_sample is None else m.bad_sample[:500].decode("latin-1")
+            )
+            data["measurement"] = mj
+        return data
+
+    report = {
+        "created_utc": created.isoformat(timespec="seconds"),
+        "git": git,
+        "host": host,
+        "versions": {
+            **vers,
+            "wrk": wrk.version() if wrk else None,
+            "loadgen_loop": loadgen.event_loop_name(),
+        },
+        "settings": {
+            **asdict(settings),
+            "connections": list(CONNECTIONS),
+            "batch_connections": list(BATCH_CONNECTIONS),
+            "batch_items": BATCH_ITEMS,
+            "plaintext_bytes": PLAINTEXT_BYTES,
+            "generator": main_gen.name,
+            "wrk": wrk_note,
+            "wrk_timeout_seconds": WRK_TIMEOUT_S,
+            "pinning": pinning,
+            "keyplane_log_level": "WARNING (and INFO for the logging-on rows)",
+            "moto_request_log": "off (and on for the logging-on rows)",
+        },
+        "elapsed_seconds": round(elapsed, 1),
+        "cells": [cell_json(c) for c in cells],
+        "ratios_keyplane_over_moto": {
+            f"{op} x{n}{' ' + v if v else ''}": ratio(cells, op, n, v)
+            for v, op, n in sorted(
+                {
+                    c.key()
+                    for c in cells
+                    if c.server == "keyplane" and c.items_per_request == 1
+                }
+            )
+        },
+        "targets": [asdict(t) for t in targets],
+        "servers": servers,
+        "notes": notes,
+    }
+    path = json_path or RESULTS_DIR / f"http-{created:%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    progress(f"wrote {path}")
+    invalid = any(c.error is not None for c in cells) or bool(failures)
+    return 1 if invalid else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Wire requests to KMS operations and results back: the AWS member names live here.
+
+``shapes`` has already checked every member against the model and decoded blobs; each
+handler here picks the members its operation takes, calls it with snake_case
+arguments, and names the result's members as AWS does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+from keyplane.errors import UnsupportedOperationError
+from keyplane.kms import KeyState, KmsKey, KmsService, RequestContext
+from keyplane.kms.ops import aliases, crypto, keys, tags
+
+Params = Mapping[str, Any]
+Result = dict[str, Any]
+Handler = Callable[[KmsService, RequestContext, Params], "Result | Awaitable[Result]"]
+
+SYMMETRIC_DEFAULT: Final = "SYMMETRIC_DEFAULT"
+
+
+def key_metadata(key: KmsKey) -> Result:
+    """KeyMetadata as DescribeKey and CreateKey return it for a symmetric key."""
+    metadata: Result = {
+        "AWSAccountId": key.account,
+        "KeyId": key.key_id,
+        "Arn": key.arn,
+        "CreationDate": key.created_at,
+        "Enabled": key.state is KeyState.ENABLED,
+        "Description": key.description,
+        "KeyUsage": key.key_usage,
+        "KeyState": key.state.value,
+        "Origin": key.origin,
+        "KeyManager": "CUSTOMER",
+        "CustomerMasterKeySpec": key.key_spec,
+        "KeySpec": key.key_spec,
+        "EncryptionAlgorithms": [SYMMETRIC_DEFAULT],
+        "MultiRegion": False,
+    }
+    if key.state is KeyState.PENDING_DELETION:
+        metadata["DeletionDate"] = key.deletion_date
+        metadata["PendingDeletionWindowInDays"] = key.pending_window_days
+    return metadata
+
+
+def _tags(items: list[Mapping[str, str]] | None) -> dict[str, str]:
+    return {t["TagKey"]: t["TagValue"] for t in items or ()}
+
+
+def _no_recipient(params: Params) -> None:
+    if params.get("Recipient") is not None:
+        raise UnsupportedOperationError(
+            "Recipient (Nitro Enclaves attestation) is not supported by keyplane."
+        )
+
+
+def _page(result: Result, marker: str | None) -> Result:
+    result["Truncated"] = marker is not None
+    if marker is not None:
+        result["NextMarker"] = marker
+    return result
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+async def create_key(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    key = await keys.create_key(
+        svc,
+        ctx,
+        description=p.get("Description", ""),
+        key_usage=p.get("KeyUsage"),
+        key_spec=p.get("KeySpec") or p.get("CustomerMasterKeySpec"),
+        origin=p.get("Origin"),
+        policy=p.get("Policy"),
+        tags=_tags(p.get("Tags")),
+        custom_key_store_id=p.get("CustomKeyStoreId"),
+        multi_region=bool(p.get("MultiRegion", False)),
+    )
+    return {"KeyMetadata": key_metadata(key)}
+
+
+def describe_key(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    return {"KeyMetadata": key_metadata(keys.describe_key(svc, ctx, p["KeyId"]))}
+
+
+def list_keys(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    found, marker = keys.list_keys(svc, ctx, p.get("Limit"), p.get("Marker"))
+    return _page(
+        {"Keys": [{"KeyId": k.key_id, "KeyArn": k.arn} for k in found]}, marker
+    )
+
+
+async def enable_key(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await keys.enable_key(svc, ctx, p["KeyId"])
+    return {}
+
+
+async def disable_key(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await keys.disable_key(svc, ctx, p["KeyId"])
+    return {}
+
+
+async def schedule_key_deletion(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    key = await keys.schedule_key_deletion(
+        svc, ctx, p["KeyId"], p.get("PendingWindowInDays")
+    )
+    return {
+        "KeyId": key.arn,
+        "DeletionDate": key.deletion_date,
+        "KeyState": key.state.value,
+        "PendingWindowInDays": key.pending_window_days,
+    }
+
+
+async def cancel_key_deletion(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    key = await keys.cancel_key_deletion(svc, ctx, p["KeyId"])
+    return {"KeyId": key.arn}
+
+
+async def update_key_description(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    await keys.update_key_description(svc, ctx, p["KeyId"], p["Description"])
+    return {}
+
+
+# --- aliases --------------------------------------------------------------------------
+
+
+async def create_alias(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await aliases.create_alias(svc, ctx, p["AliasName"], p["TargetKeyId"])
+    return {}
+
+
+async def update_alias(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await aliases.update_alias(svc, ctx, p["AliasName"], p["TargetKeyId"])
+    return {}
+
+
+async def delete_alias(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await aliases.delete_alias(svc, ctx, p["AliasName"])
+    return {}
+
+
+def list_aliases(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    found, marker = aliases.list_aliases(
+        svc, ctx, p.get("KeyId"), p.get("Limit"), p.get("Marker")
+    )
+    return _page(
+        {
+            "Aliases": [
+                {
+                    "AliasName": a.name,
+                    "AliasArn": f"arn:aws:kms:{a.region}:{a.account}:{a.name}",
+                    "TargetKeyId": a.key_id,
+                    "CreationDate": a.created_at,
+                    "LastUpdatedDate": a.updated_at,
+                }
+                for a in found
+            ]
+        },
+        marker,
+    )
+
+
+# --- tags -----------------------------------------------------------------------------
+
+
+async def tag_resource(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await tags.tag_resource(svc, ctx, p["KeyId"], _tags(p["Tags"]))
+    return {}
+
+
+async def untag_resource(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await tags.untag_resource(svc, ctx, p["KeyId"], p["TagKeys"])
+    return {}
+
+
+def list_resource_tags(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    found, marker = tags.list_resource_tags(
+        svc, ctx, p["KeyId"], p.get("Limit"), p.get("Marker")
+    )
+    return _page({"Tags": [{"TagKey": k, "TagValue": v} for k, v in found]}, marker)
+
+
+# --- the data plane -------------------------------------------------------------------
+
+
+async def encrypt(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    sealed = await crypto.encrypt(
+        svc,
+        ctx,
+        key_id=p["KeyId"],
+        plaintext=p["Plaintext"],
+        encryption_context=p.get("EncryptionContext"),
+        encryption_algorithm=p.get("EncryptionAlgorithm"),
+        dry_run=bool(p.get("DryRun", False)),
+    )
+    return {
+        "CiphertextBlob": sealed.ciphertext_blob,
+        "KeyId": sealed.key.arn,
+        "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
+    }
+
+
+async def decrypt(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    _no_recipient(p)
+    opened = await crypto.decrypt(
+        svc,
+        ctx,
+        ciphertext_blob=p["CiphertextBlob"],
+        encryption_context=p.get("EncryptionContext"),
+        key_id=p.get("KeyId"),
+        encryption_algorithm=p.get("EncryptionAlgorithm"),
+        dry_run=bool(p.get("DryRun", False)),
+    )
+    return {
+        "KeyId": opened.key.arn,
+        "Plaintext": opened.plaintext,
+        "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
+    }
+
+
+async def re_encrypt(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    resealed = await crypto.re_encrypt(
+        svc,
+        ctx,
+        ciphertext_blob=p["CiphertextBlob"],
+        destination_key_id=p["DestinationKeyId"],
+        source_encryption_context=p.get("SourceEncryptionContext"),
+        source_key_id=p.get("SourceKeyId"),
+        destination_encryption_context=p.get("DestinationEncryptionContext"),
+        source_encryption_algorithm=p.get("SourceEncryptionAlgorithm"),
+        destination_encryption_algorithm=p.get("DestinationEncryptionAlgorithm"),
+        dry_run=bool(p.get("DryRun", False)),
+    )
+    return {
+        "CiphertextBlob": resealed.ciphertext_blob,
+        "SourceKeyId": resealed.source.arn,
+        "KeyId": resealed.destination.arn,
+        "SourceEncryptionAlgorithm": SYMMETRIC_DEFAULT,
+        "DestinationEncryptionAlgorithm": SYMMETRIC_DEFAULT,
+    }
+
+
+async def _data_key(svc: KmsService, ctx: RequestContext, p: Params) -> crypto.DataKey:
+    _no_recipient(p)
+    return await crypto.generate_data_key(
+        svc,
+        ctx,
+        key_id=p["KeyId"],
+        number_of_bytes=p.get("NumberOfBytes"),
+        key_spec=p.get("KeySpec"),
+        encryption_context=p.get("EncryptionContext"),
+        dry_run=bool(p.get("DryRun", False)),
+    )
+
+
+async def generate_data_key(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    data_key = await _data_key(svc, ctx, p)
+    return {
+        "CiphertextBlob": data_key.ciphertext_blob,
+        "Plaintext": data_key.plaintext,
+        "KeyId": data_key.key.arn,
+    }
+
+
+async def generate_data_key_without_plaintext(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    data_key = await _data_key(svc, ctx, p)
+    return {"CiphertextBlob": data_key.ciphertext_blob, "KeyId": data_key.key.arn}
+
+
+def generate_random(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    _no_recipient(p)
+    if p.get("CustomKeyStoreId") is not None:
+        raise UnsupportedOperationError(
+            "Custom key stores are not supported by keyplane yet."
+        )
+    return {"Plaintext": crypto.generate_random(p.get("NumberOfBytes"))}
+
+
+OPERATIONS: Final[Mapping[str, Handler]] = {
+    "CreateKey": create_key,
+    "DescribeKey": describe_key,
+    "ListKeys": list_keys,
+    "EnableKey": enable_key,
+    "DisableKey": disable_key,
+    "ScheduleKeyDeletion": schedule_key_deletion,
+    "CancelKeyDeletion": cancel_key_deletion,
+    "UpdateKeyDescription": update_key_description,
+    "CreateAlias": create_alias,
+    "UpdateAlias": update_alias,
+    "DeleteAlias": delete_alias,
+    "ListAliases": list_aliases,
+    "TagResource": tag_resource,
+    "UntagResource": untag_resource,
+    "ListResourceTags": list_resource_tags,
+    "Encrypt": encrypt,
+    "Decrypt": decrypt,
+    "ReEncrypt": re_encrypt,
+    "GenerateDataKey": generate_data_key,
+    "GenerateDataKeyWithoutPlaintext": generate_data_key_without_plaintext,
+    "GenerateRandom": generate_random,
+}
+
+# Handlers that never await run without a task (cheaper); the rest are coroutines.
+ASYNC_OPERATIONS: Final = frozenset(
+    name for name, handler in OPERATIONS.items() if inspect.iscoroutinefunction(handler)
+)

@@ -1,0 +1,447 @@
+"""The HTTP/1.1 server: an asyncio Protocol with the httptools parser, AWS JSON 1.1.
+
+Requests are ``POST /`` with ``X-Amz-Target: TrentService.<Operation>``; every response
+carries an ``x-amzn-RequestId``, and errors are ``{"__type": ..., "message": ...}`` with
+AWS's HTTP status. ``GET /health`` answers probes.
+
+Connections are kept alive and may pipeline: responses leave in request order even when
+a later request finishes first. A connection whose client does not read its responses
+(the transport's write buffer fills) or that has too many requests in flight stops
+being read until it catches up, so one slow client cannot make the server buffer
+without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import httptools
+import orjson
+
+from keyplane.api import batch, codec, shapes
+from keyplane.api.errors import aws_error
+from keyplane.errors import (
+    KeyplaneError,
+    RequestTooLargeError,
+    UnknownOperationError,
+)
+from keyplane.kms import KmsService, RequestContext
+
+_log = logging.getLogger("keyplane.api")
+_access = logging.getLogger("keyplane.access")
+
+TARGET_PREFIX: Final = b"TrentService."
+CONTENT_TYPE: Final = b"application/x-amz-json-1.1"
+_REASONS: Final = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    500: b"Internal Server Error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_in_flight_per_connection: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who requests are from until SigV4 lands: one configured account and principal."""
+
+    account: str
+    region: str
+    principal: str
+
+
+class RequestIds:
+    """AWS-style request ids: a random per-process UUID prefix and a counter, so each is
+    unique without a random draw per request."""
+
+    def __init__(self) -> None:
+        raw = os.urandom(10).hex()
+        self._prefix = f"{raw[:8]}-{raw[8:12]}-4{raw[13:16]}-8{raw[17:20]}-"
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):012x}"
+
+
+def _response(status: int, body: bytes, request_id: str, keep_alive: bool) -> bytes:
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        b"x-amzn-RequestId: %s\r\n"
+        % (
+            status,
+            _REASONS.get(status, b"Error"),
+            CONTENT_TYPE,
+            len(body),
+            request_id.encode(),
+        )
+    )
+    if not keep_alive:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+def error_body(error: BaseException) -> tuple[int, bytes]:
+    """The status and body AWS would send for ``error``."""
+    name, status = aws_error(error)
+    message = (
+        str(error)
+        if isinstance(error, KeyplaneError)
+        else "An internal error occurred."
+    )
+    return status, orjson.dumps({"__type": name, "message": message})
+
+
+class Api:
+    """Turns one request (operation target and body) into a response status and body."""
+
+    def __init__(self, service: KmsService, identity: Identity) -> None:
+        self.service = service
+        self.identity = identity
+        self.ids = RequestIds()
+        self.in_flight = 0
+
+    def context(self, request_id: str) -> RequestContext:
+        ident = self.identity
+        return RequestContext(ident.account, ident.region, ident.principal, request_id)
+
+    def call(
+        self, target: bytes | None, body: bytes, request_id: str
+    ) -> tuple[str, Any]:
+        """Start the operation: (operation name, result dict or awaitable of one).
+
+        Raises:
+            KeyplaneError: whatever the request did wrong, before any work started.
+        """
+        if target and target.startswith(batch.TARGET_PREFIX):
+            name = target[len(batch.TARGET_PREFIX) :].decode("ascii", "replace")
+            batch_handler = batch.OPERATIONS.get(name)
+            if batch_handler is None:
+                raise UnknownOperationError("")
+            context = self.context(request_id)
+            return f"Keyplane.{name}", batch_handler(self.service, context, body)
+        if not target or not target.startswith(TARGET_PREFIX):
+            raise UnknownOperationError("")
+        operation = target[len(TARGET_PREFIX) :].decode("ascii", "replace")
+        handler = codec.OPERATIONS.get(operation)
+        if handler is None:
+            if operation in shapes.operation_names():
+                raise UnknownOperationError(
+                    f"{operation} is not supported by keyplane yet."
+                )
+            raise UnknownOperationError("")
+        params = shapes.parse_request(operation, body)
+        return operation, handler(self.service, self.context(request_id), params)
+
+
+class _Slot:
+    """One request's place in its connection's response order."""
+
+    __slots__ = ("data", "keep_alive")
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.data: bytes | None = None
+        self.keep_alive = keep_alive
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse, dispatch, answer in order."""
+
+    def __init__(
+        self, api: Api, limits: Limits, connections: set[HttpConnection]
+    ) -> None:
+        self._api = api
+        self._limits = limits
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._slots: deque[_Slot] = deque()
+        self._reading_paused = False
+        self._writing_paused = False
+        self._closing = False
+        self._reset()
+
+    # --- connection lifecycle ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    def idle(self) -> bool:
+        return not self._slots
+
+    def close_when_idle(self) -> None:
+        """Graceful shutdown: answer what is in flight, then close."""
+        self._closing = True
+        if self._transport is not None and not self._slots:
+            self._transport.close()
+
+    # --- parsing ----------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._too_large = False
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail_connection(400, "upgrades are not supported")
+        except httptools.HttpParserError:
+            self._fail_connection(400, "malformed HTTP request")
+
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+        self._count_header_bytes(len(name) + len(value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_body_bytes:
+            self._too_large = True
+            self._body.clear()
+        elif not self._too_large:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        keep_alive = self._parser.should_keep_alive() and not self._closing
+        slot = _Slot(keep_alive)
+        self._slots.append(slot)
+        self._dispatch(slot, self._parser.get_method(), self._url)
+        self._update_reading()
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self._limits.max_header_bytes:
+            # Nothing sensible can follow a runaway header block: answer and hang up.
+            raise httptools.HttpParserError("headers too large")
+
+    # --- dispatch ---------------------------------------------------------------------
+
+    def _dispatch(self, slot: _Slot, method: bytes, url: bytes) -> None:
+        request_id = self._api.ids.next()
+        started = time.perf_counter()
+        path = url.split(b"?", 1)[0]
+        if method == b"GET" and path in (b"/health", b"/ping"):
+            self._finish(slot, 200, b'{"status":"ok"}', request_id)
+            return
+        if path != b"/" or method != b"POST":
+            self._finish(
+                slot,
+                404 if path != b"/" else 405,
+                orjson.dumps({"__type": "UnknownOperationException", "message": ""}),
+                request_id,
+            )
+            return
+        if self._too_large:
+            self._answer_error(
+                slot,
+                RequestTooLargeError(
+                    f"Request body exceeds {self._limits.max_body_bytes} bytes"
+                ),
+                request_id,
+                "-",
+                started,
+            )
+            return
+        body = b"".join(self._body)
+        operation = "-"
+        try:
+            operation, result = self._api.call(
+                self._headers.get(b"x-amz-target"), body, request_id
+            )
+        except Exception as exc:  # every failure becomes an AWS error, never a crash
+            self._answer_error(slot, exc, request_id, operation, started)
+            return
+        if isinstance(result, dict):
+            self._answer(slot, operation, result, request_id, started)
+            return
+        self._api.in_flight += 1
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(
+            lambda done: self._completed(done, slot, operation, request_id, started)
+        )
+
+    def _completed(
+        self,
+        done: asyncio.Future[Any],
+        slot: _Slot,
+        operation: str,
+        request_id: str,
+        started: float,
+    ) -> None:
+        self._api.in_flight -= 1
+        if done.cancelled():
+            self._answer_error(
+                slot, asyncio.CancelledError(), request_id, operation, started
+            )
+            return
+        exc = done.exception()
+        if exc is not None:
+            self._answer_error(slot, exc, request_id, operation, started)
+        else:
+            self._answer(slot, operation, done.result(), request_id, started)
+
+    def _answer(
+        self,
+        slot: _Slot,
+        operation: str,
+        result: dict[str, Any] | bytes,
+        request_id: str,
+        started: float,
+    ) -> None:
+        try:
+            # The batch extension encodes its own, much larger, responses.
+            body = (
+                result
+                if isinstance(result, bytes)
+                else shapes.encode_response(operation, result)
+            )
+        except Exception as exc:
+            self._answer_error(slot, exc, request_id, operation, started)
+            return
+        self._finish(slot, 200, body, request_id)
+        _log_access(operation, 200, started, request_id)
+
+    def _answer_error(
+        self,
+        slot: _Slot,
+        exc: BaseException,
+        request_id: str,
+        operation: str,
+        started: float,
+    ) -> None:
+        status, body = error_body(exc)
+        if status >= 500:
+            _log.error(
+                "request %s (%s) failed: %r",
+                request_id,
+                operation,
+                exc,
+                exc_info=not isinstance(exc, KeyplaneError),
+            )
+        self._finish(slot, status, body, request_id)
+        _log_access(operation, status, started, request_id)
+
+    # --- responses --------------------------------------------------------------------
+
+    def _finish(self, slot: _Slot, status: int, body: bytes, request_id: str) -> None:
+        slot.data = _response(status, body, request_id, slot.keep_alive)
+        transport = self._transport
+        # Send every response that is ready, in order, up to the first still pending.
+        while self._slots and self._slots[0].data is not None:
+            head = self._slots.popleft()
+            if transport is None:
+                continue
+            transport.write(head.data)  # type: ignore[arg-type]
+            if not head.keep_alive:
+                transport.close()
+                self._transport = transport = None
+        if self._closing and not self._slots and self._transport is not None:
+            self._transport.close()
+        self._update_reading()
+
+    def _fail_connection(self, status: int, message: str) -> None:
+        if self._transport is None:
+            return
+        body = orjson.dumps({"__type": "SerializationException", "message": message})
+        slot = _Slot(keep_alive=False)
+        self._slots.append(slot)
+        self._finish(slot, status, body, self._api.ids.next())
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        pause = self._writing_paused or (
+            len(self._slots) >= self._limits.max_in_flight_per_connection
+        )
+        if pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+
+def _log_access(operation: str, status: int, started: float, request_id: str) -> None:
+    if _access.isEnabledFor(logging.INFO):
+        _access.info(
+            "op=%s status=%d ms=%.3f request_id=%s",
+            operation,
+            status,
+            (time.perf_counter() - started) * 1000,
+            request_id,
+        )
+
+
+class Server:
+    """Listens, serves, and shuts down gracefully."""
+
+    def __init__(self, api: Api, limits: Limits | None = None) -> None:
+        self.api = api
+        self.limits = limits or Limits()
+        self._connections: set[HttpConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Start listening; returns the port (useful when ``port`` is 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self.api, self.limits, self._connections),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``timeout``), close."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close_when_idle()
+        deadline = time.monotonic() + timeout
+        while (self._connections or self.api.in_flight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -1,0 +1,107 @@
+"""Wiring: configuration in, a running service out. The only module that knows every
+layer; it holds no logic of its own beyond start-up and shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keyplane.api.server import Api, Identity, Server
+from keyplane.config import Config
+from keyplane.hsm import Hsm
+from keyplane.kms import KmsService
+from keyplane.storage import SQLiteStore, load_root_key
+
+_log = logging.getLogger("keyplane")
+
+# How often scheduled deletions are looked for; a key is deleted within this long of
+# its deletion date.
+SWEEP_SECONDS = 1.0
+
+
+@dataclass
+class Running:
+    """A started service, for tests and for ``serve``."""
+
+    config: Config
+    service: KmsService
+    server: Server
+    port: int
+    sweeper: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.sweeper
+        await self.server.stop()
+        self.service.close()
+        self.service.store.close()
+        self.service.hsm.close()
+
+
+async def start(config: Config, clock: Callable[[], float] = time.time) -> Running:
+    """Open the store and the HSM, restore every key, and start listening.
+
+    Raises:
+        RootKeyError: no usable root key.
+        StoreError: the store cannot be opened.
+        InvalidCiphertextError: the store was written under another root key.
+    """
+    root_key = load_root_key(config.root_key_file, create=True)
+    hsm = Hsm(root_key)  # takes the key and zeroes this copy
+    store = SQLiteStore(config.database)
+    loop = asyncio.get_running_loop()
+    service = KmsService(hsm, store, clock, config.region, loop)
+    try:
+        service.restore(store.load())
+    except BaseException:
+        store.close()
+        hsm.close()
+        raise
+    identity = Identity(
+        config.account, config.region, f"arn:aws:iam::{config.account}:root"
+    )
+    server = Server(Api(service, identity))
+    port = await server.start(config.host, config.port)
+    sweeper = asyncio.ensure_future(_sweep(service))
+    return Running(config, service, server, port, sweeper)
+
+
+async def _sweep(service: KmsService) -> None:
+    while True:
+        try:
+            await service.sweep_deletions()
+        except Exception:  # keep sweeping; the next round retries
+            _log.exception("deleting keys whose waiting period ended failed")
+        await asyncio.sleep(SWEEP_SECONDS)
+
+
+async def serve(config: Config, ready: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then finish in-flight requests and stop."""
+    running = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(running)
+    try:
+        await stop.wait()
+    finally:
+        _log.info("shutting down")
+        await running.stop()
+
+
+def run(config: Config, ready: Callable[[Running], None] | None = None) -> None:
+    """``serve`` on uvloop where it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config, ready))
+        return
+    uvloop.run(serve(config, ready))

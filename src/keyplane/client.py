@@ -1,0 +1,143 @@
+"""A small client for keyplane's batch extension, which AWS SDKs cannot call.
+
+    from keyplane.client import BatchClient
+    with BatchClient("http://127.0.0.1:4599") as client:
+        keys = client.generate_data_keys("alias/app", 1000, key_spec="AES_256")
+
+Each call sends one request and returns one result per item, in order: a dict of the
+members the single-item KMS operation returns, or a ``BatchItemError``. It keeps one
+HTTP/1.1 connection alive. (It does not sign requests; keyplane does not ask for
+signatures yet.)
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class BatchItemError:
+    """One item's failure: the AWS error code and message it would have had alone."""
+
+    code: str
+    message: str
+
+
+class BatchRequestError(Exception):
+    """The whole request failed (malformed, or a server fault)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class BatchClient:
+    def __init__(self, endpoint: str, timeout: float = 60.0) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"an http:// endpoint, not {endpoint!r}")
+        self._connection = http.client.HTTPConnection(
+            parts.hostname, parts.port or 80, timeout=timeout
+        )
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(
+        self, *exc: tuple[type[BaseException], BaseException, TracebackType]
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def generate_data_keys(
+        self,
+        key_id: str,
+        count: int,
+        *,
+        key_spec: str = "AES_256",
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any] | BatchItemError]:
+        """``count`` data keys under ``key_id`` (Plaintext, CiphertextBlob: bytes)."""
+        item: dict[str, Any] = {"KeyId": key_id, "KeySpec": key_spec}
+        if encryption_context:
+            item["EncryptionContext"] = dict(encryption_context)
+        return self._call("GenerateDataKey", [item] * count)
+
+    def encrypt(
+        self,
+        key_id: str,
+        plaintexts: Sequence[bytes],
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any] | BatchItemError]:
+        items = [
+            {
+                "KeyId": key_id,
+                "Plaintext": base64.b64encode(p).decode(),
+                **(
+                    {"EncryptionContext": dict(encryption_context)}
+                    if encryption_context
+                    else {}
+                ),
+            }
+            for p in plaintexts
+        ]
+        return self._call("Encrypt", items)
+
+    def decrypt(
+        self,
+        blobs: Sequence[bytes],
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any] | BatchItemError]:
+        items = [
+            {
+                "CiphertextBlob": base64.b64encode(b).decode(),
+                **(
+                    {"EncryptionContext": dict(encryption_context)}
+                    if encryption_context
+                    else {}
+                ),
+            }
+            for b in blobs
+        ]
+        return self._call("Decrypt", items)
+
+    def _call(
+        self, operation: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any] | BatchItemError]:
+        body = json.dumps({"Items": items}).encode()
+        self._connection.request(
+            "POST",
+            "/",
+            body=body,
+            headers={
+                "X-Amz-Target": f"KeyplaneService.{operation}",
+                "Content-Type": "application/x-amz-json-1.1",
+            },
+        )
+        response = self._connection.getresponse()
+        payload = json.loads(response.read() or b"{}")
+        if response.status != 200:
+            raise BatchRequestError(
+                response.status, payload.get("__type", ""), payload.get("message", "")
+            )
+        results: list[dict[str, Any] | BatchItemError] = []
+        for result in payload["Results"]:
+            if "Error" in result:
+                results.append(
+                    BatchItemError(result["Error"]["Code"], result["Error"]["Message"])
+                )
+                continue
+            for member in ("Plaintext", "CiphertextBlob"):
+                if member in result:
+                    result[member] = base64.b64decode(result[member])
+            results.append(result)
+        return results

@@ -1,0 +1,9 @@
+"""The KMS service: operations, key metadata and states, aliases, tags, the ciphertext
+blob. It asks the HSM for cryptography and the store for durability; it knows nothing
+of HTTP or wire names."""
+
+from keyplane.kms._model import Alias, KmsKey
+from keyplane.kms._service import KmsService, RequestContext
+from keyplane.kms._state import KeyState
+
+__all__ = ["Alias", "KeyState", "KmsKey", "KmsService", "RequestContext"]

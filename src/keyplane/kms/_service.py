@@ -1,0 +1,223 @@
+"""The KMS service: keys, aliases and partitions in memory, written through to the
+store.
+
+This is the one place where an operation's key meets the HSM and the store. It knows
+KMS semantics; it knows nothing of HTTP or wire names. Store writes run on one writer
+thread, so SQLite's commits never block the event loop, and an operation awaits its
+write before it answers: what a response reports is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from keyplane.errors import KeyplaneError, NotFoundError
+from keyplane.hsm import Batcher, Hsm, Partition, Tenancy
+from keyplane.kms._arn import KeyRef, key_arn, parse_key_ref
+from keyplane.kms._model import Alias, KmsKey, material_context, partition_name
+from keyplane.kms._state import KeyState
+from keyplane.storage import PartitionRecord, Snapshot, Store
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+_log = logging.getLogger(__name__)
+
+# Batches this large run on a worker thread rather than inline on the event loop.
+OFFLOAD_ITEMS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who is asking, where: filled in by the API layer for every request."""
+
+    account: str
+    region: str
+    principal: str
+    request_id: str
+
+
+class KmsService:
+    """The state of one keyplane service and the means to change it."""
+
+    def __init__(
+        self,
+        hsm: Hsm,
+        store: Store,
+        clock: Clock,
+        region: str,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.hsm = hsm
+        self.store = store
+        self.clock = clock
+        self.region = region
+        self.loop = loop
+        self.keys: dict[str, KmsKey] = {}
+        self.aliases: dict[tuple[str, str, str], Alias] = {}
+        self._partitions: dict[str, Partition] = {}
+        self._partition_locks: dict[str, asyncio.Lock] = {}
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="keyplane-store")
+        self._crypto = ThreadPoolExecutor(1, thread_name_prefix="keyplane-hsm")
+        self.batcher = Batcher(hsm.shared, loop, executor=self._crypto)
+        # Serialises control-plane changes: each reads memory, writes the store, then
+        # updates memory, and must not interleave with another at its await.
+        self.control = asyncio.Lock()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Rebuild memory and the HSM's slots from what the store holds."""
+        for p in snapshot.partitions:
+            account = p.name.split(":", 1)[1]
+            self._partitions[account] = self.hsm.open_partition(
+                p.wrapped_key, Tenancy(p.tenancy)
+            )
+        materials: dict[str, list[Any]] = {}
+        for m in snapshot.materials:
+            materials.setdefault(m.key_id, []).append(m)
+        for record in snapshot.keys:
+            partition = self._partitions[record.account]
+            key = KmsKey(
+                key_id=record.key_id,
+                account=record.account,
+                region=record.region,
+                arn=key_arn(record.region, record.account, record.key_id),
+                partition=partition,
+                created_at=record.created_at,
+                state=KeyState(record.state),
+            )
+            key.apply(record)
+            for m in sorted(materials.get(record.key_id, []), key=lambda m: m.version):
+                key.versions.append(
+                    partition.import_key(
+                        m.wrapped, material_context(record.key_id, m.version)
+                    )
+                )
+            self.keys[key.key_id] = key
+        for a in snapshot.aliases:
+            self.aliases[(a.account, a.region, a.name)] = Alias(
+                a.name, a.account, a.region, a.key_id, a.created_at, a.updated_at
+            )
+        _log.info(
+            "restored %d keys, %d aliases, %d partitions",
+            len(self.keys),
+            len(self.aliases),
+            len(self._partitions),
+        )
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._crypto.shutdown(wait=True)
+
+    # --- store writes -----------------------------------------------------------------
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the writer thread and wait until it has committed."""
+        return await self.loop.run_in_executor(self._writer, fn, *args)
+
+    async def run_batch(self, fn: Callable[..., T], *args: Any, items: int = 0) -> T:
+        """Run one native batch call: inline when small, on the HSM thread when large
+        (the call releases the GIL, so the loop keeps serving meanwhile)."""
+        count = items or max((len(a) for a in args if isinstance(a, list)), default=0)
+        if count < OFFLOAD_ITEMS:
+            return fn(*args)
+        return await self.loop.run_in_executor(self._crypto, fn, *args)
+
+    # --- partitions -------------------------------------------------------------------
+
+    async def partition_for(self, account: str) -> Partition:
+        """The account's partition of the shared fleet, created and stored when first
+        used."""
+        partition = self._partitions.get(account)
+        if partition is not None:
+            return partition
+        lock = self._partition_locks.setdefault(account, asyncio.Lock())
+        async with lock:
+            partition = self._partitions.get(account)
+            if partition is None:
+                partition = self.hsm.create_partition(Tenancy.SHARED)
+                record = PartitionRecord(
+                    partition_name(account),
+                    Tenancy.SHARED.value,
+                    partition.export(),
+                    self.clock(),
+                )
+                try:
+                    await self.write(self.store.put_partition, record)
+                except BaseException:
+                    partition.destroy()
+                    raise
+                self._partitions[account] = partition
+        return partition
+
+    # --- resolving identifiers --------------------------------------------------------
+
+    def resolve(
+        self, ctx: RequestContext, key_id: str, *, aliases: bool = True
+    ) -> KmsKey:
+        """The key a KeyId member names: key id, key ARN, alias name or alias ARN.
+
+        Raises:
+            NotFoundError: no such key or alias, with AWS's message.
+            InvalidArnError: a malformed ARN.
+        """
+        ref = parse_key_ref(key_id, ctx.account, self.region, aliases=aliases)
+        return self.key_of(ref, key_id)
+
+    def key_of(self, ref: KeyRef, given: str) -> KmsKey:
+        if ref.alias_name is not None:
+            alias = self.aliases.get((ref.account, ref.region, ref.alias_name))
+            if alias is None:
+                raise NotFoundError(f"Alias {_alias_arn(ref)} is not found.")
+            key = self.keys.get(alias.key_id)
+        else:
+            key = self.keys.get(ref.key_id or "")
+            if key is not None and key.account != ref.account:
+                key = None
+        if key is None:
+            raise NotFoundError(
+                f"Key '{key_arn(ref.region, ref.account, ref.key_id or given)}' "
+                "does not exist"
+            )
+        return key
+
+    def aliases_of(self, key: KmsKey) -> list[Alias]:
+        return [a for a in self.aliases.values() if a.key_id == key.key_id]
+
+    # --- deletion ---------------------------------------------------------------------
+
+    async def sweep_deletions(self) -> int:
+        """Delete every key whose deletion date has passed, with its aliases."""
+        now = self.clock()
+        due = [
+            k
+            for k in self.keys.values()
+            if k.state is KeyState.PENDING_DELETION
+            and k.deletion_date is not None
+            and k.deletion_date <= now
+        ]
+        for key in due:
+            async with self.control:
+                if self.keys.get(key.key_id) is not key:
+                    continue
+                await self.write(self.store.delete_key, key.key_id)
+                for alias in self.aliases_of(key):
+                    del self.aliases[(alias.account, alias.region, alias.name)]
+                del self.keys[key.key_id]
+                for slot in key.versions:
+                    # A slot already gone has nothing left to cleanse.
+                    with contextlib.suppress(KeyplaneError):
+                        key.partition.destroy_key(slot)
+                _log.info("deleted key %s at the end of its waiting period", key.key_id)
+        return len(due)
+
+
+def _alias_arn(ref: KeyRef) -> str:
+    return f"arn:aws:kms:{ref.region}:{ref.account}:{ref.alias_name}"

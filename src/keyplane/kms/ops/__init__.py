@@ -1,0 +1,1 @@
+"""KMS operations, one module per resource family, one function per operation."""

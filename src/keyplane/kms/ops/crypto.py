@@ -1,0 +1,245 @@
+"""The data plane: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+GenerateDataKeyWithoutPlaintext, GenerateRandom.
+
+Each reads top to bottom: validate, resolve the key, check its state and usage, act
+through the micro-batcher, respond. The encryption context is bound as AAD together with
+the blob's header (see ``keyplane.kms._blob``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from keyplane import hsm
+from keyplane.errors import (
+    DryRunError,
+    IncorrectKeyError,
+    InvalidCiphertextError,
+    InvalidKeyUsageError,
+    ValidationError,
+)
+from keyplane.kms import _blob
+from keyplane.kms._model import ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT, KmsKey
+from keyplane.kms._service import KmsService, RequestContext
+from keyplane.kms._state import Op, require
+
+# AWS KMS API reference: Encrypt takes 1..4096 bytes; data keys are 1..1024 bytes.
+MAX_PLAINTEXT_BYTES: Final = 4096
+DATA_KEY_SPECS: Final = {"AES_256": 32, "AES_128": 16}
+MAX_RANDOM_BYTES: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A ciphertext blob and the key that made it."""
+
+    key: KmsKey
+    ciphertext_blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    key: KmsKey
+    plaintext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    key: KmsKey
+    plaintext: bytes
+    ciphertext_blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReSealed:
+    source: KmsKey
+    destination: KmsKey
+    ciphertext_blob: bytes
+
+
+def _usable(key: KmsKey, algorithm: str | None, dry_run: bool) -> None:
+    """The checks every cryptographic operation makes once it has its key."""
+    require(key.state, Op.CRYPTO, key.arn)
+    if key.key_usage != ENCRYPT_DECRYPT or key.key_spec != SYMMETRIC_DEFAULT:
+        raise InvalidKeyUsageError(
+            f"{key.arn} key usage is {key.key_usage} which is not valid for this "
+            "operation."
+        )
+    if algorithm is not None and algorithm != SYMMETRIC_DEFAULT:
+        raise InvalidKeyUsageError(
+            f"Algorithm {algorithm} is incompatible with key spec {key.key_spec}."
+        )
+    if dry_run:
+        raise DryRunError(
+            "The request would have succeeded, but the DryRun flag is set."
+        )
+
+
+async def encrypt(
+    svc: KmsService,
+    ctx: RequestContext,
+    *,
+    key_id: str,
+    plaintext: bytes,
+    encryption_context: Mapping[str, str] | None = None,
+    encryption_algorithm: str | None = None,
+    dry_run: bool = False,
+) -> Sealed:
+    """AWS Encrypt: seal up to 4096 bytes under a symmetric KMS key.
+
+    Raises:
+        ValidationError: an empty or over-long plaintext.
+        NotFoundError: no such key or alias.
+        DisabledError, KeyStateError: the key's state refuses encryption.
+        InvalidKeyUsageError: not a symmetric encryption key.
+    """
+    if not 1 <= len(plaintext) <= MAX_PLAINTEXT_BYTES:
+        raise ValidationError(
+            "1 validation error detected: Value at 'plaintext' failed to satisfy "
+            "constraint: Member must have length "
+            + (
+                "greater than or equal to 1"
+                if not plaintext
+                else f"less than or equal to {MAX_PLAINTEXT_BYTES}"
+            )
+        )
+    key = svc.resolve(ctx, key_id)
+    _usable(key, encryption_algorithm, dry_run)
+    return Sealed(key, await _seal(svc, key, plaintext, encryption_context))
+
+
+async def _seal(
+    svc: KmsService, key: KmsKey, plaintext: bytes, context: Mapping[str, str] | None
+) -> bytes:
+    version = key.current_version
+    head = _blob.header(key.key_id, version)
+    sealed = await svc.batcher.encrypt(
+        key.versions[version - 1], plaintext, _blob.aad(head, context)
+    )
+    return head + sealed
+
+
+async def decrypt(
+    svc: KmsService,
+    ctx: RequestContext,
+    *,
+    ciphertext_blob: bytes,
+    encryption_context: Mapping[str, str] | None = None,
+    key_id: str | None = None,
+    encryption_algorithm: str | None = None,
+    dry_run: bool = False,
+) -> Opened:
+    """AWS Decrypt: the blob names its key; a KeyId, when given, must agree.
+
+    Raises:
+        InvalidCiphertextError: an altered or foreign blob, or another context.
+        IncorrectKeyError: ``key_id`` names another key than the blob's.
+        DisabledError, KeyStateError: the key's state refuses decryption.
+    """
+    head, sealed = _blob.parse(ciphertext_blob)
+    key = _key_of_blob(svc, ctx, head)
+    if key_id is not None and svc.resolve(ctx, key_id) is not key:
+        raise IncorrectKeyError(
+            "The key ID in the request does not identify a CMK that can perform this "
+            "operation."
+        )
+    _usable(key, encryption_algorithm, dry_run)
+    return Opened(key, await _open(svc, key, head, sealed, encryption_context))
+
+
+def _key_of_blob(
+    svc: KmsService, ctx: RequestContext, head: _blob.BlobHeader
+) -> KmsKey:
+    key = svc.keys.get(head.key_id)
+    # A blob naming a key this caller cannot see is as good as a forged one: answer as
+    # AWS does for any blob it cannot authenticate, without saying which check failed.
+    if key is None or key.account != ctx.account:
+        raise InvalidCiphertextError("")
+    return key
+
+
+async def _open(
+    svc: KmsService,
+    key: KmsKey,
+    head: _blob.BlobHeader,
+    sealed: bytes,
+    context: Mapping[str, str] | None,
+) -> bytes:
+    if not 1 <= head.material_version <= key.current_version:
+        raise InvalidCiphertextError("")
+    slot = key.versions[head.material_version - 1]
+    return await svc.batcher.decrypt(slot, sealed, _blob.aad(head.header, context))
+
+
+async def re_encrypt(
+    svc: KmsService,
+    ctx: RequestContext,
+    *,
+    ciphertext_blob: bytes,
+    destination_key_id: str,
+    source_encryption_context: Mapping[str, str] | None = None,
+    source_key_id: str | None = None,
+    destination_encryption_context: Mapping[str, str] | None = None,
+    source_encryption_algorithm: str | None = None,
+    destination_encryption_algorithm: str | None = None,
+    dry_run: bool = False,
+) -> ReSealed:
+    """AWS ReEncrypt: open under the source key and seal under the destination key;
+    the plaintext never leaves the service."""
+    head, sealed = _blob.parse(ciphertext_blob)
+    source = _key_of_blob(svc, ctx, head)
+    if source_key_id is not None and svc.resolve(ctx, source_key_id) is not source:
+        raise IncorrectKeyError(
+            "The key ID in the request does not identify a CMK that can perform this "
+            "operation."
+        )
+    destination = svc.resolve(ctx, destination_key_id)
+    _usable(source, source_encryption_algorithm, False)
+    _usable(destination, destination_encryption_algorithm, dry_run)
+    plaintext = await _open(svc, source, head, sealed, source_encryption_context)
+    blob = await _seal(svc, destination, plaintext, destination_encryption_context)
+    return ReSealed(source, destination, blob)
+
+
+def data_key_bytes(number_of_bytes: int | None, key_spec: str | None) -> int:
+    """The size GenerateDataKey asks for: NumberOfBytes or KeySpec, exactly one.
+
+    Raises:
+        ValidationError: neither or both, with AWS's message.
+    """
+    if (number_of_bytes is None) == (key_spec is None):
+        raise ValidationError("Please specify either number of bytes or key spec.")
+    if key_spec is not None:
+        return DATA_KEY_SPECS[key_spec]
+    return int(number_of_bytes)  # type: ignore[arg-type]  # not None: checked above
+
+
+async def generate_data_key(
+    svc: KmsService,
+    ctx: RequestContext,
+    *,
+    key_id: str,
+    number_of_bytes: int | None = None,
+    key_spec: str | None = None,
+    encryption_context: Mapping[str, str] | None = None,
+    dry_run: bool = False,
+) -> DataKey:
+    """AWS GenerateDataKey: a fresh data key, in plaintext and sealed under the key."""
+    size = data_key_bytes(number_of_bytes, key_spec)
+    key = svc.resolve(ctx, key_id)
+    _usable(key, None, dry_run)
+    version = key.current_version
+    head = _blob.header(key.key_id, version)
+    plaintext, sealed = await svc.batcher.generate_data_key(
+        key.versions[version - 1], size, _blob.aad(head, encryption_context)
+    )
+    return DataKey(key, plaintext, head + sealed)
+
+
+def generate_random(number_of_bytes: int | None) -> bytes:
+    """AWS GenerateRandom: 1..1024 bytes from the HSM's random source."""
+    if number_of_bytes is None:
+        raise ValidationError("Please specify number of bytes.")
+    return hsm.random_bytes(number_of_bytes)

@@ -1,0 +1,77 @@
+"""Tag operations: TagResource, UntagResource, ListResourceTags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from keyplane.errors import LimitExceededError, TagError
+from keyplane.kms._service import KmsService, RequestContext
+from keyplane.kms._state import Op, require
+
+# AWS KMS Developer Guide, "Tagging keys" and the resource quotas: tag keys starting
+# with "aws:" are reserved, and a key carries at most 50 tags.
+RESERVED_PREFIX: Final = "aws:"
+MAX_TAGS: Final = 50
+DEFAULT_LIST_LIMIT: Final = 50
+
+
+def check_tags(tags: Mapping[str, str]) -> None:
+    """Refuse reserved tag keys and more tags than a key may carry.
+
+    Raises:
+        TagError: a tag key in the reserved ``aws:`` space.
+        LimitExceededError: more than 50 tags.
+    """
+    for key in tags:
+        if key.lower().startswith(RESERVED_PREFIX):
+            raise TagError("Tag keys beginning with aws: are reserved for AWS use")
+    if len(tags) > MAX_TAGS:
+        raise LimitExceededError(f"A key can have at most {MAX_TAGS} tags")
+
+
+async def tag_resource(
+    svc: KmsService, ctx: RequestContext, key_id: str, tags: Mapping[str, str]
+) -> None:
+    """AWS TagResource: adds tags, replacing the value of a key already present."""
+    async with svc.control:
+        key = svc.resolve(ctx, key_id, aliases=False)
+        require(key.state, Op.TAG, key.arn)
+        merged = {**key.tags, **tags}
+        check_tags(merged)
+        record = key.record(tags=merged)
+        await svc.write(svc.store.update_key, record)
+        key.apply(record)
+
+
+async def untag_resource(
+    svc: KmsService, ctx: RequestContext, key_id: str, tag_keys: Sequence[str]
+) -> None:
+    """AWS UntagResource: removing a tag that is not there is not an error."""
+    async with svc.control:
+        key = svc.resolve(ctx, key_id, aliases=False)
+        require(key.state, Op.TAG, key.arn)
+        remaining = {k: v for k, v in key.tags.items() if k not in set(tag_keys)}
+        record = key.record(tags=remaining)
+        await svc.write(svc.store.update_key, record)
+        key.apply(record)
+
+
+def list_resource_tags(
+    svc: KmsService,
+    ctx: RequestContext,
+    key_id: str,
+    limit: int | None,
+    marker: str | None,
+) -> tuple[list[tuple[str, str]], str | None]:
+    """AWS ListResourceTags, ordered by tag key."""
+    from keyplane.kms.ops.keys import page
+
+    key = svc.resolve(ctx, key_id, aliases=False)
+    require(key.state, Op.DESCRIBE, key.arn)
+    return page(
+        sorted(key.tags.items()),
+        limit or DEFAULT_LIST_LIMIT,
+        marker,
+        lambda tag: tag[0],
+    )

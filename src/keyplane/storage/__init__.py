@@ -1,0 +1,32 @@
+"""Durable storage of partitions, key metadata, wrapped key material and aliases.
+
+SQLite is the default backend; every backend implements ``Store``. The root key that
+makes the stored material usable comes from ``load_root_key``. Storage keeps records
+and knows nothing of KMS semantics: no key states, no policies. It imports nothing of
+keyplane but ``keyplane.errors``.
+"""
+
+from keyplane.storage._records import (
+    AliasRecord,
+    KeyRecord,
+    MaterialRecord,
+    PartitionRecord,
+    Snapshot,
+    Store,
+)
+from keyplane.storage._root_key import ROOT_KEY_BYTES, ROOT_KEY_ENV, load_root_key
+from keyplane.storage._sqlite import SCHEMA_VERSION, SQLiteStore
+
+__all__ = [
+    "ROOT_KEY_BYTES",
+    "ROOT_KEY_ENV",
+    "SCHEMA_VERSION",
+    "AliasRecord",
+    "KeyRecord",
+    "MaterialRecord",
+    "PartitionRecord",
+    "SQLiteStore",
+    "Snapshot",
+    "Store",
+    "load_root_key",
+]

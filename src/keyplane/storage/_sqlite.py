@@ -1,0 +1,828 @@
+"""The SQLite store: the default ``Store``, one database file in a private directory.
+
+This module owns the SQLite schema, its version, the durability settings, and the
+mapping of SQLite failures to the storage errors. Every mutating call is one
+``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction that returns only once the commit is on
+disk. It must not interpret what it stores: key states, metadata and tags are opaque,
+wrapped bytes are never looked into and never appear in a message or log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+from keyplane.errors import (
+    StoreConflictError,
+    StoreError,
+    StoreNotFoundError,
+    ValidationError,
+)
+from keyplane.storage._files import (
+    create_private_file,
+    fsync_dir,
+    make_private_dir,
+)
+from keyplane.storage._records import (
+    AliasRecord,
+    KeyRecord,
+    MaterialRecord,
+    PartitionRecord,
+    Snapshot,
+)
+
+_log = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+"""The ``PRAGMA user_version`` this code writes; newer files are refused."""
+
+BUSY_TIMEOUT_S: Final = 10.0
+"""How long a call waits for another connection's write lock before failing."""
+
+TENANCIES: Final = frozenset({"shared", "dedicated"})
+
+# _MIGRATIONS[n] brings a database from schema version n to n + 1, in one transaction.
+# Version 0 is an empty file. Tenancy is checked in Python rather than by a CHECK
+# constraint, because SQLite can only change a CHECK by rebuilding the table.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """
+        CREATE TABLE partitions (
+            name        TEXT PRIMARY KEY NOT NULL CHECK (typeof(name) = 'text'),
+            tenancy     TEXT NOT NULL CHECK (typeof(tenancy) = 'text'),
+            wrapped_key BLOB NOT NULL CHECK (typeof(wrapped_key) = 'blob'),
+            created_at  REAL NOT NULL CHECK (typeof(created_at) = 'real')
+        )
+        """,
+        """
+        CREATE TABLE keys (
+            key_id     TEXT PRIMARY KEY NOT NULL CHECK (typeof(key_id) = 'text'),
+            account    TEXT NOT NULL CHECK (typeof(account) = 'text'),
+            region     TEXT NOT NULL CHECK (typeof(region) = 'text'),
+            partition  TEXT NOT NULL REFERENCES partitions (name),
+            created_at REAL NOT NULL CHECK (typeof(created_at) = 'real'),
+            state      TEXT NOT NULL CHECK (typeof(state) = 'text'),
+            metadata   TEXT NOT NULL CHECK (typeof(metadata) = 'text'),
+            tags       TEXT NOT NULL CHECK (typeof(tags) = 'text')
+        )
+        """,
+        "CREATE INDEX keys_by_partition ON keys (partition)",
+        """
+        CREATE TABLE materials (
+            key_id     TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+            version    INTEGER NOT NULL
+                       CHECK (typeof(version) = 'integer' AND version >= 1),
+            wrapped    BLOB NOT NULL CHECK (typeof(wrapped) = 'blob'),
+            created_at REAL NOT NULL CHECK (typeof(created_at) = 'real'),
+            PRIMARY KEY (key_id, version)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE aliases (
+            account    TEXT NOT NULL CHECK (typeof(account) = 'text'),
+            region     TEXT NOT NULL CHECK (typeof(region) = 'text'),
+            name       TEXT NOT NULL CHECK (typeof(name) = 'text'),
+            key_id     TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+            created_at REAL NOT NULL CHECK (typeof(created_at) = 'real'),
+            updated_at REAL NOT NULL CHECK (typeof(updated_at) = 'real'),
+            PRIMARY KEY (account, region, name)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX aliases_by_key ON aliases (key_id)",
+    ),
+)
+
+_UNIQUE: Final = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"})
+_FOREIGN_KEY: Final = "SQLITE_CONSTRAINT_FOREIGNKEY"
+
+_INSERT_PARTITION: Final = (
+    "INSERT INTO partitions (name, tenancy, wrapped_key, created_at)"
+    " VALUES (?, ?, ?, ?)"
+)
+_INSERT_KEY: Final = (
+    "INSERT INTO keys (key_id, account, region, partition, created_at, state,"
+    " metadata, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_MATERIAL: Final = (
+    "INSERT INTO materials (key_id, version, wrapped, created_at) VALUES (?, ?, ?, ?)"
+)
+_UPSERT_ALIAS: Final = (
+    "INSERT INTO aliases (account, region, name, key_id, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (account, region, name) DO UPDATE SET key_id = excluded.key_id,"
+    " created_at = excluded.created_at, updated_at = excluded.updated_at"
+)
+
+
+class SQLiteStore:
+    """A ``Store`` in one SQLite database file.
+
+    The database runs in WAL mode with ``synchronous=FULL``, so a commit survives a
+    process crash and power loss, and readers never block the writer. One connection
+    serves every call, guarded by a lock, so the store may be used from any thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Open the database at ``path``, creating it (and its directory) if missing.
+
+        A missing directory is created with mode 0700 and a missing database file with
+        mode 0600; SQLite gives its -wal and -shm files the database file's mode.
+
+        Raises:
+            StoreError: The file cannot be created or opened, is not a keyplane
+                database, or has a schema version newer than this code knows.
+        """
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._closed = True
+        try:
+            make_private_dir(self._path.parent)
+            with suppress(FileExistsError):
+                os.close(create_private_file(self._path))
+                fsync_dir(self._path.parent)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the database {self._path}: {exc.strerror}"
+            ) from exc
+        try:
+            # isolation_level=None: the module never opens transactions implicitly;
+            # every transaction here is an explicit BEGIN ... COMMIT.
+            self._conn = sqlite3.connect(
+                self._path,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise _store_error(f"open the database {self._path}", exc) from exc
+        try:
+            version = self._configure()
+            self._closed = False
+            if version < SCHEMA_VERSION:
+                self._migrate()
+        except BaseException:
+            self._closed = True
+            self._conn.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self._path)!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # --- reads ------------------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        """Return every record, ordered by name, key id, (key id, version) and
+        (account, region, name).
+
+        Raises:
+            StoreError: The store is closed, cannot be read, or holds a malformed
+                record.
+        """
+        with self._read("load the store") as conn:
+            partitions = [
+                PartitionRecord(name, tenancy, wrapped, created_at)
+                for name, tenancy, wrapped, created_at in conn.execute(
+                    "SELECT name, tenancy, wrapped_key, created_at FROM partitions"
+                    " ORDER BY name"
+                )
+            ]
+            keys = [
+                _key_from_row(row)
+                for row in conn.execute(
+                    "SELECT key_id, account, region, partition, created_at, state,"
+                    " metadata, tags FROM keys ORDER BY key_id"
+                )
+            ]
+            materials = [
+                MaterialRecord(key_id, version, wrapped, created_at)
+                for key_id, version, wrapped, created_at in conn.execute(
+                    "SELECT key_id, version, wrapped, created_at FROM materials"
+                    " ORDER BY key_id, version"
+                )
+            ]
+            aliases = [
+                AliasRecord(*row)
+                for row in conn.execute(
+                    "SELECT account, region, name, key_id, created_at, updated_at"
+                    " FROM aliases ORDER BY account, region, name"
+                )
+            ]
+        return Snapshot(partitions, keys, materials, aliases)
+
+    def integrity_check(self) -> list[str]:
+        """Return the problems found; an empty list means the store is healthy.
+
+        Runs SQLite's own ``integrity_check``, then looks for material and aliases of
+        missing keys, keys in missing partitions, keys without material, and records
+        that would not load. A database too damaged to be read is reported as a
+        problem, not raised.
+
+        Raises:
+            StoreError: The store is closed.
+        """
+        problems: list[str] = []
+        with self._read("check the store") as conn:
+            try:
+                problems += _sqlite_problems(conn)
+                problems += _referential_problems(conn)
+                problems += _record_problems(conn)
+            except sqlite3.DatabaseError as exc:
+                problems.append(f"the database cannot be read: {_describe(exc)}")
+        return problems
+
+    # --- writes -----------------------------------------------------------------
+
+    def put_partition(self, record: PartitionRecord) -> None:
+        """Add a partition.
+
+        Raises:
+            StoreConflictError: A partition with that name exists.
+            ValidationError: The record is malformed.
+            StoreError: The store is closed or failed.
+        """
+        row = _partition_row(record)
+        with self._write(f"add partition {record.name!r}") as conn:
+            _execute(
+                conn,
+                _INSERT_PARTITION,
+                row,
+                conflict=f"partition {record.name!r} already exists",
+            )
+
+    def create_key(self, key: KeyRecord, material: MaterialRecord | None) -> None:
+        """Add a key and, in the same transaction, its first material version.
+
+        Raises:
+            StoreConflictError: A key with that id exists.
+            StoreNotFoundError: The key's partition does not exist.
+            ValidationError: A record is malformed, or the material belongs to
+                another key.
+            StoreError: The store is closed or failed.
+        """
+        key_row = _key_row(key)
+        material_row = None
+        if material is not None:
+            material_row = _material_row(material)
+            if material.key_id != key.key_id:
+                raise ValidationError(
+                    "the first material of a key must carry the key's own id"
+                )
+        with self._write(f"create key {key.key_id!r}") as conn:
+            _execute(
+                conn,
+                _INSERT_KEY,
+                key_row,
+                conflict=f"key {key.key_id!r} already exists",
+                missing=f"partition {key.partition!r} does not exist",
+            )
+            if material_row is not None:
+                # Only stray rows of a damaged store can conflict here, and the
+                # rollback then takes the key back out with them.
+                _execute(
+                    conn,
+                    _INSERT_MATERIAL,
+                    material_row,
+                    conflict=f"key {key.key_id!r} already has material version "
+                    f"{material_row[1]}",
+                )
+
+    def update_key(self, key: KeyRecord) -> None:
+        """Replace a key's state, metadata and tags.
+
+        The key's account, region, partition and creation time never change, so a
+        record that differs in them is refused rather than partly ignored.
+
+        Raises:
+            StoreNotFoundError: No key has that id.
+            ValidationError: The record is malformed or changes an immutable field.
+            StoreError: The store is closed or failed.
+        """
+        key_id, account, region, partition, created_at, state, metadata, tags = (
+            _key_row(key)
+        )
+        with self._write(f"update key {key_id!r}") as conn:
+            fixed = conn.execute(
+                "SELECT account, region, partition, created_at FROM keys"
+                " WHERE key_id = ?",
+                (key_id,),
+            ).fetchone()
+            if fixed is None:
+                raise StoreNotFoundError(f"key {key_id!r} does not exist")
+            if fixed != (account, region, partition, created_at):
+                raise ValidationError(
+                    f"key {key_id!r}: an update cannot change the account, region,"
+                    " partition or creation time"
+                )
+            conn.execute(
+                "UPDATE keys SET state = ?, metadata = ?, tags = ? WHERE key_id = ?",
+                (state, metadata, tags, key_id),
+            )
+
+    def add_material(self, material: MaterialRecord) -> None:
+        """Add a material version to an existing key.
+
+        Raises:
+            StoreNotFoundError: No key has that id.
+            StoreConflictError: The key already has that version.
+            ValidationError: The record is malformed.
+            StoreError: The store is closed or failed.
+        """
+        row = _material_row(material)
+        with self._write(f"add material to key {material.key_id!r}") as conn:
+            _execute(
+                conn,
+                _INSERT_MATERIAL,
+                row,
+                conflict=f"key {material.key_id!r} already has material version "
+                f"{material.version}",
+                missing=f"key {material.key_id!r} does not exist",
+            )
+
+    def delete_key(self, key_id: str) -> None:
+        """Delete a key, its material and every alias that points at it.
+
+        The schema's ``ON DELETE CASCADE`` removes the material and aliases within
+        the same statement, so they go or stay together with the key.
+
+        Raises:
+            StoreNotFoundError: No key has that id.
+            ValidationError: ``key_id`` is not a string.
+            StoreError: The store is closed or failed.
+        """
+        _text(key_id, "key_id")
+        with self._write(f"delete key {key_id!r}") as conn:
+            cursor = conn.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
+            if cursor.rowcount == 0:
+                raise StoreNotFoundError(f"key {key_id!r} does not exist")
+
+    def put_alias(self, alias: AliasRecord) -> None:
+        """Insert an alias, or replace the one with the same account, region, name.
+
+        Raises:
+            StoreNotFoundError: The alias's key does not exist.
+            ValidationError: The record is malformed.
+            StoreError: The store is closed or failed.
+        """
+        row = _alias_row(alias)
+        with self._write(f"put alias {alias.name!r}") as conn:
+            _execute(
+                conn,
+                _UPSERT_ALIAS,
+                row,
+                missing=f"key {alias.key_id!r} does not exist",
+            )
+
+    def delete_alias(self, account: str, region: str, name: str) -> None:
+        """Delete an alias.
+
+        Raises:
+            StoreNotFoundError: No such alias.
+            ValidationError: An argument is not a string.
+            StoreError: The store is closed or failed.
+        """
+        row = (_text(account, "account"), _text(region, "region"), _text(name, "name"))
+        with self._write(f"delete alias {name!r}") as conn:
+            cursor = conn.execute(
+                "DELETE FROM aliases WHERE account = ? AND region = ? AND name = ?",
+                row,
+            )
+            if cursor.rowcount == 0:
+                raise StoreNotFoundError(
+                    f"alias {name!r} does not exist in account {account} {region}"
+                )
+
+    # --- backup and lifetime ----------------------------------------------------
+
+    def backup(self, path: Path) -> None:
+        """Write a consistent snapshot of the store to the new file ``path``.
+
+        The copy is taken with SQLite's online backup API while writes wait, is
+        created with mode 0600 (its directory 0700 if missing) and is flushed to
+        disk before the call returns. It opens with ``SQLiteStore`` like the original.
+
+        Raises:
+            StoreConflictError: ``path`` exists.
+            StoreError: The store is closed, or the backup failed (no partial file is
+                left behind).
+        """
+        path = Path(path)
+        try:
+            make_private_dir(path.parent)
+            os.close(create_private_file(path))
+        except FileExistsError as exc:
+            raise StoreConflictError(f"the backup target {path} exists") from exc
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the backup {path}: {exc.strerror}"
+            ) from exc
+        try:
+            with self._lock:
+                conn = self._connection()
+                target = sqlite3.connect(path, isolation_level=None)
+                try:
+                    conn.backup(target)
+                finally:
+                    target.close()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(path.parent)
+        except BaseException as exc:
+            for leftover in (path, *_companions(path)):
+                with suppress(FileNotFoundError):
+                    leftover.unlink()
+            if isinstance(exc, sqlite3.Error):
+                raise _store_error(f"back up to {path}", exc) from exc
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot back up to {path}: {exc.strerror}") from exc
+            raise
+
+    def close(self) -> None:
+        """Close the database; further calls raise ``StoreError``. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # --- internals --------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection; the caller holds the lock."""
+        if self._closed:
+            raise StoreError(f"the store {self._path} is closed")
+        return self._conn
+
+    def _configure(self) -> int:
+        """Check the schema version and set the connection up; return the version."""
+        conn = self._conn
+        try:
+            version = _user_version(conn)
+            # Refuse before changing anything (even the journal mode) in a file that
+            # a newer keyplane wrote.
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database {self._path} has schema version {version}, newer"
+                    f" than this keyplane knows ({SCHEMA_VERSION}); upgrade keyplane"
+                )
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"the database {self._path} cannot use WAL mode (it stays in"
+                    f" {mode!r} mode); put it on a local file system"
+                )
+            # FULL syncs the WAL on every commit, which makes a commit survive power
+            # loss and not only a process crash. fullfsync matters only on macOS,
+            # where plain fsync does not reach the platters.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA fullfsync = ON")
+            conn.execute("PRAGMA foreign_keys = ON")
+            (foreign_keys,) = conn.execute("PRAGMA foreign_keys").fetchone()
+            if foreign_keys != 1:
+                raise StoreError("this SQLite build does not enforce foreign keys")
+        except sqlite3.Error as exc:
+            raise _store_error(f"open the database {self._path}", exc) from exc
+        return version
+
+    def _migrate(self) -> None:
+        with self._write("create the schema") as conn:
+            # Read again under the write lock: another process may have created the
+            # schema since this one first looked.
+            version = _user_version(conn)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database {self._path} has schema version {version}, newer"
+                    f" than this keyplane knows ({SCHEMA_VERSION}); upgrade keyplane"
+                )
+            for steps in _MIGRATIONS[version:]:
+                for statement in steps:
+                    conn.execute(statement)
+            # user_version lives in the database header, so it commits (or rolls
+            # back) with the tables above.
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed durably before the block's caller
+        returns, rolled back on any exception."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                # IMMEDIATE takes the write lock up front, so a transaction never
+                # fails half-way for want of it.
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error(what, exc) from exc
+                raise
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One read transaction, so every query in the block sees the same state."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error(what, exc) from exc
+                raise
+
+
+# --- SQLite plumbing ---------------------------------------------------------------
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def _companions(path: Path) -> tuple[Path, ...]:
+    suffixes = ("-journal", "-wal", "-shm")
+    return tuple(path.with_name(path.name + suffix) for suffix in suffixes)
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    # SQLite's messages name tables and constraints, never bound values, so they are
+    # safe to show: wrapped bytes cannot leak through them.
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)
+
+
+def _store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"could not {what}: {_describe(exc)}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # Some failures (a full disk, an I/O error) already rolled the transaction back;
+    # rolling back again would raise and hide the first error.
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        _log.error("rollback failed: %s", _describe(exc))
+
+
+def _execute(
+    conn: sqlite3.Connection,
+    sql: str,
+    params: tuple[object, ...],
+    *,
+    conflict: str | None = None,
+    missing: str | None = None,
+) -> sqlite3.Cursor:
+    """Run one statement, turning a broken unique or foreign key constraint into the
+    storage error the caller names for it."""
+    try:
+        return conn.execute(sql, params)
+    except sqlite3.IntegrityError as exc:
+        if conflict is not None and exc.sqlite_errorname in _UNIQUE:
+            raise StoreConflictError(conflict) from exc
+        if missing is not None and exc.sqlite_errorname == _FOREIGN_KEY:
+            raise StoreNotFoundError(missing) from exc
+        raise
+
+
+# --- records to rows and back -------------------------------------------------------
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} is not valid Unicode") from None
+    return value
+
+
+def _time(value: object, what: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+    ):
+        raise ValidationError(f"{what} must be a finite number of seconds")
+    return float(value)
+
+
+def _blob(value: object, what: str) -> bytes:
+    # Only immutable bytes: a bytearray would load back as bytes and could change
+    # under the record after the write.
+    if not isinstance(value, bytes):
+        raise ValidationError(f"{what} must be bytes, not {type(value).__name__}")
+    return value
+
+
+def _plain_json(value: object, what: str) -> object:
+    """Return ``value`` as plain JSON types, refusing anything that would not load
+    back equal to what was written (non-string keys, NaN, unknown types)."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return _text(value, what)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{what} holds a number that JSON cannot carry")
+        return value
+    if isinstance(value, Mapping):
+        plain: dict[str, object] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValidationError(f"{what} has a key that is not a string")
+            plain[_text(k, what)] = _plain_json(v, what)
+        return plain
+    if isinstance(value, list | tuple):
+        return [_plain_json(item, what) for item in value]
+    raise ValidationError(f"{what} holds a {type(value).__name__}, which is not JSON")
+
+
+def _json_text(value: object) -> str:
+    # Sorted keys and fixed separators: the same record always gives the same bytes.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _partition_row(record: PartitionRecord) -> tuple[str, str, bytes, float]:
+    tenancy = _text(record.tenancy, "PartitionRecord.tenancy")
+    if tenancy not in TENANCIES:
+        raise ValidationError(
+            f"PartitionRecord.tenancy must be one of {sorted(TENANCIES)}"
+        )
+    return (
+        _text(record.name, "PartitionRecord.name"),
+        tenancy,
+        _blob(record.wrapped_key, "PartitionRecord.wrapped_key"),
+        _time(record.created_at, "PartitionRecord.created_at"),
+    )
+
+
+def _key_row(key: KeyRecord) -> tuple[str, str, str, str, float, str, str, str]:
+    if not isinstance(key.metadata, Mapping):
+        raise ValidationError("KeyRecord.metadata must be a mapping")
+    if not isinstance(key.tags, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in key.tags.items()
+    ):
+        raise ValidationError("KeyRecord.tags must map strings to strings")
+    return (
+        _text(key.key_id, "KeyRecord.key_id"),
+        _text(key.account, "KeyRecord.account"),
+        _text(key.region, "KeyRecord.region"),
+        _text(key.partition, "KeyRecord.partition"),
+        _time(key.created_at, "KeyRecord.created_at"),
+        _text(key.state, "KeyRecord.state"),
+        _json_text(_plain_json(key.metadata, "KeyRecord.metadata")),
+        _json_text(_plain_json(key.tags, "KeyRecord.tags")),
+    )
+
+
+def _material_row(material: MaterialRecord) -> tuple[str, int, bytes, float]:
+    version = material.version
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValidationError("MaterialRecord.version must be an integer")
+    if not 1 <= version < 2**63:
+        raise ValidationError("MaterialRecord.version must be at least 1")
+    return (
+        _text(material.key_id, "MaterialRecord.key_id"),
+        version,
+        _blob(material.wrapped, "MaterialRecord.wrapped"),
+        _time(material.created_at, "MaterialRecord.created_at"),
+    )
+
+
+def _alias_row(alias: AliasRecord) -> tuple[str, str, str, str, float, float]:
+    return (
+        _text(alias.account, "AliasRecord.account"),
+        _text(alias.region, "AliasRecord.region"),
+        _text(alias.name, "AliasRecord.name"),
+        _text(alias.key_id, "AliasRecord.key_id"),
+        _time(alias.created_at, "AliasRecord.created_at"),
+        _time(alias.updated_at, "AliasRecord.updated_at"),
+    )
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise StoreError(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise StoreError(f"{what} is not a JSON object")
+    return value
+
+
+def _key_from_row(row: tuple[Any, ...]) -> KeyRecord:
+    key_id, account, region, partition, created_at, state, metadata, tags = row
+    tag_map = _json_object(tags, f"the tags of key {key_id!r}")
+    if not all(isinstance(v, str) for v in tag_map.values()):
+        raise StoreError(f"the tags of key {key_id!r} are not all strings")
+    return KeyRecord(
+        key_id=key_id,
+        account=account,
+        region=region,
+        partition=partition,
+        created_at=created_at,
+        state=state,
+        metadata=_json_object(metadata, f"the metadata of key {key_id!r}"),
+        tags=tag_map,
+    )
+
+
+# --- integrity checks ---------------------------------------------------------------
+
+
+def _sqlite_problems(conn: sqlite3.Connection) -> list[str]:
+    return [
+        f"sqlite integrity_check: {message}"
+        for (message,) in conn.execute("PRAGMA integrity_check")
+        if message != "ok"
+    ]
+
+
+def _referential_problems(conn: sqlite3.Connection) -> list[str]:
+    problems = [
+        f"material version {version} of key {key_id!r} belongs to no key"
+        for key_id, version in conn.execute(
+            "SELECT key_id, version FROM materials AS m WHERE NOT EXISTS"
+            " (SELECT 1 FROM keys AS k WHERE k.key_id = m.key_id)"
+            " ORDER BY key_id, version"
+        )
+    ]
+    problems += [
+        f"alias {name!r} of account {account} {region} points at missing key {key_id!r}"
+        for account, region, name, key_id in conn.execute(
+            "SELECT account, region, name, key_id FROM aliases AS a WHERE NOT EXISTS"
+            " (SELECT 1 FROM keys AS k WHERE k.key_id = a.key_id)"
+            " ORDER BY account, region, name"
+        )
+    ]
+    problems += [
+        f"key {key_id!r} is in missing partition {partition!r}"
+        for key_id, partition in conn.execute(
+            "SELECT key_id, partition FROM keys AS k WHERE NOT EXISTS"
+            " (SELECT 1 FROM partitions AS p WHERE p.name = k.partition)"
+            " ORDER BY key_id"
+        )
+    ]
+    problems += [
+        f"key {key_id!r} has no key material"
+        for (key_id,) in conn.execute(
+            "SELECT key_id FROM keys AS k WHERE NOT EXISTS"
+            " (SELECT 1 FROM materials AS m WHERE m.key_id = k.key_id)"
+            " ORDER BY key_id"
+        )
+    ]
+    return problems
+
+
+def _record_problems(conn: sqlite3.Connection) -> list[str]:
+    """Rows the constraints let through but ``load`` would refuse."""
+    problems = [
+        f"partition {name!r} has unknown tenancy {tenancy!r}"
+        for name, tenancy in conn.execute(
+            "SELECT name, tenancy FROM partitions ORDER BY name"
+        )
+        if tenancy not in TENANCIES
+    ]
+    for row in conn.execute(
+        "SELECT key_id, account, region, partition, created_at, state, metadata,"
+        " tags FROM keys ORDER BY key_id"
+    ):
+        try:
+            _key_from_row(row)
+        except StoreError as exc:
+            problems.append(str(exc))
+    return problems
