@@ -26,9 +26,11 @@ _READY = re.compile(r"listening on (http://\S+)")
 @dataclass
 class ServerProcess:
     data_dir: Path
+    log_level: str = "WARNING"
     process: subprocess.Popen[str] | None = None
     endpoint: str = ""
     port: int = 0
+    output: str = ""
 
     def start(self, port: int = 0) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -44,7 +46,7 @@ class ServerProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--log-level",
-                "WARNING",
+                self.log_level,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -68,14 +70,15 @@ class ServerProcess:
         raise RuntimeError("server did not start:\n" + "".join(seen))
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the server; what it printed since start-up is kept in ``output``."""
         if self.process is None:
             return 0
         self.process.send_signal(sig)
         try:
-            code = self.process.wait(timeout=20)
+            out, _ = self.process.communicate(timeout=20)
+            self.output = out or ""
+            code = self.process.returncode
         finally:
-            if self.process.stdout is not None:
-                self.process.stdout.close()
             self.process = None
         return code
 

@@ -119,21 +119,22 @@ class Api:
         ident = self.identity
         return RequestContext(ident.account, ident.region, ident.principal, request_id)
 
-    def call(
-        self, target: bytes | None, body: bytes, request_id: str
-    ) -> tuple[str, Any]:
-        """Start the operation: (operation name, result dict or awaitable of one).
+    def call(self, target: bytes | None, body: bytes, request: _Request) -> Any:
+        """Start the operation: a result dict, or an awaitable of one (or of the
+        encoded body, for the batch extension). Names the operation and the key the
+        request gave on ``request``, for its log line.
 
         Raises:
             KeyplaneError: whatever the request did wrong, before any work started.
         """
+        context = self.context(request.request_id)
         if target and target.startswith(batch.TARGET_PREFIX):
             name = target[len(batch.TARGET_PREFIX) :].decode("ascii", "replace")
+            request.operation = f"Keyplane.{name}"
             batch_handler = batch.OPERATIONS.get(name)
             if batch_handler is None:
                 raise UnknownOperationError("")
-            context = self.context(request_id)
-            return f"Keyplane.{name}", batch_handler(self.service, context, body)
+            return batch_handler(self.service, context, body)
         if not target or not target.startswith(TARGET_PREFIX):
             raise UnknownOperationError("")
         operation = target[len(TARGET_PREFIX) :].decode("ascii", "replace")
@@ -144,8 +145,47 @@ class Api:
                     f"{operation} is not supported by keyplane yet."
                 )
             raise UnknownOperationError("")
+        request.operation = operation
         params = shapes.parse_request(operation, body)
-        return operation, handler(self.service, self.context(request_id), params)
+        key_id = params.get("KeyId")
+        request.key_id = key_id if isinstance(key_id, str) else None
+        return handler(self.service, context, params)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters for the metrics endpoint: requests in flight and batch sizes."""
+        batcher = self.service.batcher
+        return {
+            "in_flight": self.in_flight,
+            "batches": batcher.batches,
+            "batched_items": batcher.items,
+            "largest_batch": batcher.largest,
+            "keys": len(self.service.keys),
+        }
+
+
+class _Request:
+    """One request on its way through: where its answer goes, and what its access log
+    line says (operation, key, status, latency; never a plaintext or key material)."""
+
+    __slots__ = ("key_id", "operation", "request_id", "slot", "started")
+
+    def __init__(self, slot: _Slot, request_id: str, started: float) -> None:
+        self.slot = slot
+        self.request_id = request_id
+        self.started = started
+        self.operation = "-"
+        self.key_id: str | None = None
+
+    def log(self, status: int) -> None:
+        if _access.isEnabledFor(logging.INFO):
+            _access.info(
+                "op=%s key=%s status=%d ms=%.3f request_id=%s",
+                self.operation,
+                self.key_id or "-",
+                status,
+                (time.perf_counter() - self.started) * 1000,
+                self.request_id,
+            )
 
 
 class _Slot:
@@ -256,109 +296,80 @@ class HttpConnection(asyncio.Protocol):
     # --- dispatch ---------------------------------------------------------------------
 
     def _dispatch(self, slot: _Slot, method: bytes, url: bytes) -> None:
-        request_id = self._api.ids.next()
-        started = time.perf_counter()
+        request = _Request(slot, self._api.ids.next(), time.perf_counter())
         path = url.split(b"?", 1)[0]
         if method == b"GET" and path in (b"/health", b"/ping"):
-            self._finish(slot, 200, b'{"status":"ok"}', request_id)
+            self._finish(slot, 200, b'{"status":"ok"}', request.request_id)
+            return
+        if method == b"GET" and path == b"/metrics":
+            self._finish(
+                slot, 200, orjson.dumps(self._api.metrics()), request.request_id
+            )
             return
         if path != b"/" or method != b"POST":
             self._finish(
                 slot,
                 404 if path != b"/" else 405,
                 orjson.dumps({"__type": "UnknownOperationException", "message": ""}),
-                request_id,
+                request.request_id,
             )
             return
         if self._too_large:
+            limit = self._limits.max_body_bytes
             self._answer_error(
-                slot,
-                RequestTooLargeError(
-                    f"Request body exceeds {self._limits.max_body_bytes} bytes"
-                ),
-                request_id,
-                "-",
-                started,
+                request, RequestTooLargeError(f"Request body exceeds {limit} bytes")
             )
             return
         body = b"".join(self._body)
-        operation = "-"
         try:
-            operation, result = self._api.call(
-                self._headers.get(b"x-amz-target"), body, request_id
-            )
+            result = self._api.call(self._headers.get(b"x-amz-target"), body, request)
         except Exception as exc:  # every failure becomes an AWS error, never a crash
-            self._answer_error(slot, exc, request_id, operation, started)
+            self._answer_error(request, exc)
             return
         if isinstance(result, dict):
-            self._answer(slot, operation, result, request_id, started)
+            self._answer(request, result)
             return
         self._api.in_flight += 1
         task = asyncio.ensure_future(result)
-        task.add_done_callback(
-            lambda done: self._completed(done, slot, operation, request_id, started)
-        )
+        task.add_done_callback(lambda done: self._completed(done, request))
 
-    def _completed(
-        self,
-        done: asyncio.Future[Any],
-        slot: _Slot,
-        operation: str,
-        request_id: str,
-        started: float,
-    ) -> None:
+    def _completed(self, done: asyncio.Future[Any], request: _Request) -> None:
         self._api.in_flight -= 1
         if done.cancelled():
-            self._answer_error(
-                slot, asyncio.CancelledError(), request_id, operation, started
-            )
+            self._answer_error(request, asyncio.CancelledError())
             return
         exc = done.exception()
         if exc is not None:
-            self._answer_error(slot, exc, request_id, operation, started)
+            self._answer_error(request, exc)
         else:
-            self._answer(slot, operation, done.result(), request_id, started)
+            self._answer(request, done.result())
 
-    def _answer(
-        self,
-        slot: _Slot,
-        operation: str,
-        result: dict[str, Any] | bytes,
-        request_id: str,
-        started: float,
-    ) -> None:
+    def _answer(self, request: _Request, result: dict[str, Any] | bytes) -> None:
         try:
             # The batch extension encodes its own, much larger, responses.
-            body = (
-                result
-                if isinstance(result, bytes)
-                else shapes.encode_response(operation, result)
-            )
+            if isinstance(result, bytes):
+                body = result
+            else:
+                body = shapes.encode_response(request.operation, result)
+                request.key_id = _key_id_of(result) or request.key_id
         except Exception as exc:
-            self._answer_error(slot, exc, request_id, operation, started)
+            self._answer_error(request, exc)
             return
-        self._finish(slot, 200, body, request_id)
-        _log_access(operation, 200, started, request_id)
+        self._finish(request.slot, 200, body, request.request_id)
+        request.log(200)
 
-    def _answer_error(
-        self,
-        slot: _Slot,
-        exc: BaseException,
-        request_id: str,
-        operation: str,
-        started: float,
-    ) -> None:
+    def _answer_error(self, request: _Request, exc: BaseException) -> None:
         status, body = error_body(exc)
         if status >= 500:
             _log.error(
                 "request %s (%s) failed: %r",
-                request_id,
-                operation,
+                request.request_id,
+                request.operation,
                 exc,
                 exc_info=not isinstance(exc, KeyplaneError),
             )
-        self._finish(slot, status, body, request_id)
-        _log_access(operation, status, started, request_id)
+        self._finish(request.slot, status, body, request.request_id)
+        request.log(status)
 
     # --- responses --------------------------------------------------------------------
 
@@ -401,15 +412,12 @@ class HttpConnection(asyncio.Protocol):
             self._reading_paused = False
 
 
-def _log_access(operation: str, status: int, started: float, request_id: str) -> None:
-    if _access.isEnabledFor(logging.INFO):
-        _access.info(
-            "op=%s status=%d ms=%.3f request_id=%s",
-            operation,
-            status,
-            (time.perf_counter() - started) * 1000,
-            request_id,
-        )
+def _key_id_of(result: dict[str, Any]) -> str | None:
+    key_id = result.get("KeyId")
+    if isinstance(key_id, str):
+        return key_id
+    metadata = result.get("KeyMetadata")
+    return metadata.get("Arn") if isinstance(metadata, dict) else None
 
 
 class Server:
