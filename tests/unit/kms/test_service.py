@@ -1,0 +1,102 @@
+"""The service in-process, with a clock the test moves: deletion at the end of the
+waiting period, and everything restored from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from keyplane.errors import NotFoundError
+from keyplane.hsm import Hsm
+from keyplane.kms import KeyState, KmsService, RequestContext
+from keyplane.kms.ops import aliases, crypto, keys
+from keyplane.storage import SQLiteStore
+
+CTX = RequestContext("111122223333", "us-east-1", "arn:aws:iam::111122223333:root", "r")
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def service(path, root: bytes, clock: Clock, loop) -> KmsService:
+    store = SQLiteStore(path)
+    svc = KmsService(Hsm(bytearray(root)), store, clock, "us-east-1", loop)
+    svc.restore(store.load())
+    return svc
+
+
+def close(svc: KmsService) -> None:
+    svc.close()
+    svc.store.close()
+    svc.hsm.close()
+
+
+def test_key_and_aliases_are_deleted_when_the_window_ends(tmp_path):
+    root, clock = os.urandom(32), Clock()
+
+    async def main():
+        svc = service(tmp_path / "db", root, clock, asyncio.get_running_loop())
+        try:
+            key = await keys.create_key(svc, CTX)
+            kept = await keys.create_key(svc, CTX)
+            await aliases.create_alias(svc, CTX, "alias/doomed", key.key_id)
+            await keys.schedule_key_deletion(svc, CTX, key.key_id, 7)
+            clock.now += 7 * DAY - 1
+            assert await svc.sweep_deletions() == 0
+            assert svc.keys[key.key_id].state is KeyState.PENDING_DELETION
+            clock.now += 1
+            assert await svc.sweep_deletions() == 1
+            with pytest.raises(NotFoundError):
+                keys.describe_key(svc, CTX, key.key_id)
+            with pytest.raises(NotFoundError):
+                keys.describe_key(svc, CTX, "alias/doomed")
+            assert keys.describe_key(svc, CTX, kept.key_id) is kept
+            snapshot = svc.store.load()
+            assert [k.key_id for k in snapshot.keys] == [kept.key_id]
+            assert snapshot.aliases == []
+            assert svc.store.integrity_check() == []
+        finally:
+            close(svc)
+
+    asyncio.run(main())
+
+
+def test_restore_brings_back_every_key(tmp_path):
+    root, clock = os.urandom(32), Clock()
+
+    async def first():
+        svc = service(tmp_path / "db", root, clock, asyncio.get_running_loop())
+        try:
+            key = await keys.create_key(svc, CTX, description="kept")
+            sealed = await crypto.encrypt(
+                svc,
+                CTX,
+                key_id=key.key_id,
+                plaintext=b"x",
+                encryption_context={"a": "b"},
+            )
+            return key.key_id, sealed.ciphertext_blob
+        finally:
+            close(svc)
+
+    async def second(key_id, blob):
+        svc = service(tmp_path / "db", root, clock, asyncio.get_running_loop())
+        try:
+            assert svc.keys[key_id].description == "kept"
+            opened = await crypto.decrypt(
+                svc, CTX, ciphertext_blob=blob, encryption_context={"a": "b"}
+            )
+            assert opened.plaintext == b"x"
+        finally:
+            close(svc)
+
+    key_id, blob = asyncio.run(first())
+    asyncio.run(second(key_id, blob))
