@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn, final
 
-from keyplane.errors import PartitionMismatchError, ValidationError
+from keyplane.errors import KeyplaneError, PartitionMismatchError, ValidationError
 from keyplane.native import (
     MAX_CONTEXT_BYTES,
     Aad,
@@ -225,6 +225,15 @@ class Partition:
         """Make ``n`` data keys: per item ``(plaintext, sealed key)`` or its error."""
         return self._native.generate_data_key_batch(
             self._id, _handles(slots, self._native), key_bytes, n, aad
+        )
+
+    def generate_data_key_rows(
+        self, slot: KeySlot, key_bytes: int, n: int, aad: bytes
+    ) -> tuple[Any, dict[int, KeyplaneError]]:
+        """``n`` data keys under one slot as matrix rows of ``key || sealed key`` (see
+        ``NativeHsm.generate_data_key_rows``), and the errors of items that failed."""
+        return self._native.generate_data_key_rows(
+            self._id, slot.handle, key_bytes, n, aad
         )
 
 

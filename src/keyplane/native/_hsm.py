@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from keyplane.errors import KeyplaneError, ValidationError
 from keyplane.native import _pack
@@ -535,6 +536,57 @@ class NativeHsm:
         finally:
             _pack.wipe(out, total)
         return _with_failures(results, status, n)
+
+    def generate_data_key_rows(
+        self, scope: int, handle: int, key_bytes: int, n: int, aad: bytes
+    ) -> tuple[npt.NDArray[np.uint8], dict[int, KeyplaneError]]:
+        """``n`` data keys under one slot as the rows of a matrix, for callers that
+        encode results in bulk rather than one ``bytes`` object at a time.
+
+        Row i is ``key || IV || sealed key || tag`` (``2 * key_bytes + SEAL_OVERHEAD``
+        bytes). The caller should zero the matrix once it is done with the keys.
+
+        Returns:
+            The matrix, and the error of each item that failed, by index.
+
+        Raises:
+            ValidationError: ``key_bytes`` or ``n`` out of range.
+            HsmFaultError: an internal fault, which fails the whole batch.
+        """
+        if not 1 <= key_bytes <= MAX_DATA_KEY_BYTES or not 1 <= n <= MAX_BATCH:
+            raise ValidationError("data key size or count out of range")
+        small = _pack.scratch_for(n)
+        key_len_ptr, _keep_lens = _pack.size_array([key_bytes] * n, small, "key")
+        aads = _pack.aad_column(aad, n, small)
+        handle_ptr, _keep_handles = _pack.handles(handle, n, small)
+        stride = 2 * key_bytes + SEAL_OVERHEAD
+        total = n * stride
+        out = _pack.output_buffer(total, small)
+        status = _pack.status_array(n, small)
+        try:
+            raise_for_status(
+                lib.kp_generate_data_key_batch(
+                    self._ptr,
+                    scope,
+                    n,
+                    handle_ptr,
+                    key_len_ptr,
+                    aads[0],
+                    len(aads[0]),
+                    aads[1],
+                    aads[2],
+                    out,
+                    total,
+                    ffi.NULL,
+                    status,
+                )
+            )
+            rows = np.frombuffer(ffi.buffer(out, total), dtype=np.uint8)
+            rows = rows.reshape(n, stride).copy()
+        finally:
+            _pack.wipe(out, total)
+        statuses = _pack.failures(status, n) or []
+        return rows, {i: item_error(s) for i, s in enumerate(statuses) if s}
 
 
 # isinstance against a union costs a few hundred nanoseconds, which the single-item
