@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from keyplane.api.access_log import AccessLog
 from keyplane.api.server import Api, Identity, Server
 from keyplane.config import Config
 from keyplane.hsm import Hsm
@@ -66,10 +67,16 @@ async def start(config: Config, clock: Callable[[], float] = time.time) -> Runni
     identity = Identity(
         config.account, config.region, f"arn:aws:iam::{config.account}:root"
     )
-    server = Server(Api(service, identity))
+    access_log = AccessLog() if config.access_log and _access_wanted() else None
+    server = Server(Api(service, identity, access_log))
     port = await server.start(config.host, config.port)
     sweeper = asyncio.ensure_future(_sweep(service))
     return Running(config, service, server, port, sweeper)
+
+
+def _access_wanted() -> bool:
+    """Access lines are INFO records of ``keyplane.access``: off below that level."""
+    return logging.getLogger("keyplane.access").isEnabledFor(logging.INFO)
 
 
 async def _sweep(service: KmsService) -> None:

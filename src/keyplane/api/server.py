@@ -26,6 +26,7 @@ import httptools
 import orjson
 
 from keyplane.api import batch, codec, shapes
+from keyplane.api.access_log import AccessLog
 from keyplane.api.errors import aws_error
 from keyplane.errors import (
     KeyplaneError,
@@ -35,7 +36,6 @@ from keyplane.errors import (
 from keyplane.kms import KmsService, RequestContext
 
 _log = logging.getLogger("keyplane.api")
-_access = logging.getLogger("keyplane.access")
 
 TARGET_PREFIX: Final = b"TrentService."
 CONTENT_TYPE: Final = b"application/x-amz-json-1.1"
@@ -109,9 +109,15 @@ def error_body(error: BaseException) -> tuple[int, bytes]:
 class Api:
     """Turns one request (operation target and body) into a response status and body."""
 
-    def __init__(self, service: KmsService, identity: Identity) -> None:
+    def __init__(
+        self,
+        service: KmsService,
+        identity: Identity,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.service = service
         self.identity = identity
+        self.access_log = access_log
         self.ids = RequestIds()
         self.in_flight = 0
 
@@ -176,15 +182,10 @@ class _Request:
         self.operation = "-"
         self.key_id: str | None = None
 
-    def log(self, status: int) -> None:
-        if _access.isEnabledFor(logging.INFO):
-            _access.info(
-                "op=%s key=%s status=%d ms=%.3f request_id=%s",
-                self.operation,
-                self.key_id or "-",
-                status,
-                (time.perf_counter() - self.started) * 1000,
-                self.request_id,
+    def log(self, status: int, access_log: AccessLog | None) -> None:
+        if access_log is not None:
+            access_log.add(
+                self.operation, self.key_id, status, self.started, self.request_id
             )
 
 
@@ -266,11 +267,14 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
+        self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
-        self._count_header_bytes(len(name) + len(value))
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > self._limits.max_header_bytes:
+            # Nothing sensible can follow a runaway header block: answer and hang up.
+            raise httptools.HttpParserError("headers too large")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -286,12 +290,6 @@ class HttpConnection(asyncio.Protocol):
         self._slots.append(slot)
         self._dispatch(slot, self._parser.get_method(), self._url)
         self._update_reading()
-
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > self._limits.max_header_bytes:
-            # Nothing sensible can follow a runaway header block: answer and hang up.
-            raise httptools.HttpParserError("headers too large")
 
     # --- dispatch ---------------------------------------------------------------------
 
@@ -356,7 +354,7 @@ class HttpConnection(asyncio.Protocol):
             self._answer_error(request, exc)
             return
         self._finish(request.slot, 200, body, request.request_id)
-        request.log(200)
+        request.log(200, self._api.access_log)
 
     def _answer_error(self, request: _Request, exc: BaseException) -> None:
         status, body = error_body(exc)
@@ -369,7 +367,7 @@ class HttpConnection(asyncio.Protocol):
                 exc_info=not isinstance(exc, KeyplaneError),
             )
         self._finish(request.slot, status, body, request.request_id)
-        request.log(status)
+        request.log(status, self._api.access_log)
 
     # --- responses --------------------------------------------------------------------
 
@@ -453,3 +451,5 @@ class Server:
             await asyncio.sleep(0.01)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.api.access_log is not None:
+            self.api.access_log.flush()

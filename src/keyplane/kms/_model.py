@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyplane.hsm import KeySlot, Partition
+from keyplane.kms import _blob
 from keyplane.kms._state import KeyState
 from keyplane.storage import AliasRecord, KeyRecord
 
@@ -42,9 +43,20 @@ class KmsKey:
     # versions[v - 1] holds material version v; the newest encrypts, all decrypt.
     versions: list[KeySlot] = field(default_factory=list)
 
+    # Blob headers by material version: built once, not parsed from the key id on
+    # every request.
+    headers: dict[int, bytes] = field(default_factory=dict)
+
     @property
     def current_version(self) -> int:
         return len(self.versions)
+
+    def blob_header(self, version: int) -> bytes:
+        """The ciphertext blob header of this key and material version."""
+        header = self.headers.get(version)
+        if header is None:
+            header = self.headers[version] = _blob.header(self.key_id, version)
+        return header
 
     def metadata(self) -> dict[str, Any]:
         """What the store keeps beside the state (JSON-serialisable)."""

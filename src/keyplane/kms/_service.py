@@ -171,6 +171,10 @@ class KmsService:
             NotFoundError: no such key or alias, with AWS's message.
             InvalidArnError: a malformed ARN.
         """
+        # Most requests name a key by its id: one dict lookup settles those.
+        key = self.keys.get(key_id)
+        if key is not None and key.account == ctx.account:
+            return key
         ref = parse_key_ref(key_id, ctx.account, self.region, aliases=aliases)
         return self.key_of(ref, key_id)
 

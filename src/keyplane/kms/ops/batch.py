@@ -102,7 +102,7 @@ class _Group:
     def __init__(self, key: KmsKey, version: int) -> None:
         self.key = key
         self.version = version
-        self.header = _blob.header(key.key_id, version)
+        self.header = key.blob_header(version)
         self.indices: list[int] = []
         self.values: list[Any] = []
         self.contexts: list[Mapping[str, str] | None] = []
@@ -319,7 +319,7 @@ async def _data_keys_alike(
         return [exc] * n
     version = key.current_version
     slot = key.versions[version - 1]
-    head = _blob.header(key.key_id, version)
+    head = key.blob_header(version)
     rows, failures = await svc.run_batch(
         slot.partition.generate_data_key_rows,
         slot,

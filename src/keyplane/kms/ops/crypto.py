@@ -114,7 +114,7 @@ async def _seal(
     svc: KmsService, key: KmsKey, plaintext: bytes, context: Mapping[str, str] | None
 ) -> bytes:
     version = key.current_version
-    head = _blob.header(key.key_id, version)
+    head = key.blob_header(version)
     sealed = await svc.batcher.encrypt(
         key.versions[version - 1], plaintext, _blob.aad(head, context)
     )
@@ -231,7 +231,7 @@ async def generate_data_key(
     key = svc.resolve(ctx, key_id)
     _usable(key, None, dry_run)
     version = key.current_version
-    head = _blob.header(key.key_id, version)
+    head = key.blob_header(version)
     plaintext, sealed = await svc.batcher.generate_data_key(
         key.versions[version - 1], size, _blob.aad(head, encryption_context)
     )
