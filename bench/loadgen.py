@@ -74,6 +74,7 @@ class LoadResult:
     reconnects: int = 0
     bytes_received: int = 0
     cpu_seconds: float = 0.0
+    # Bodies of 200 responses: the first few in the window and the last.
     samples: list[bytes] = field(default_factory=list)
     bad_sample: bytes | None = None
     truncated: bool = False
@@ -127,6 +128,7 @@ class _Run:
         self.bytes_received = 0
         self.samples: list[bytes] = []
         self.bad_sample: bytes | None = None
+        self.last_ok: bytes | None = None
         now = time.perf_counter_ns()
         self.window_start_ns = now + int(warmup_s * 1e9)
         self.deadline_ns = self.window_start_ns + int(duration_s * 1e9)
@@ -142,20 +144,23 @@ class _Run:
             return False
         if done_ns < self.window_start_ns:
             return True
+        if self.count >= self.capacity:
+            self.stop_ns = done_ns
+            self.stopping = True
+            return False
         self.bytes_received += size
         statuses = self.statuses
         statuses[status] = statuses.get(status, 0) + 1
-        if status != 200 and self.bad_sample is None:
-            self.bad_sample = body
-        if self.count < self.capacity:
-            self.latencies[self.count] = done_ns - started_ns
-            self.count += 1
-            if len(self.samples) < SAMPLE_BODIES:
-                self.samples.append(body)
-            return True
-        self.stop_ns = done_ns
-        self.stopping = True
-        return False
+        self.latencies[self.count] = done_ns - started_ns
+        self.count += 1
+        if status != 200:
+            if self.bad_sample is None:
+                self.bad_sample = body
+        elif len(self.samples) < SAMPLE_BODIES:
+            self.samples.append(body)
+        else:
+            self.last_ok = body
+        return True
 
     def reconnected(self) -> None:
         if self.window_start_ns <= time.perf_counter_ns() < self.deadline_ns:
@@ -413,7 +418,7 @@ def run_load(
         reconnects=run.reconnects,
         bytes_received=run.bytes_received,
         cpu_seconds=cpu,
-        samples=run.samples,
+        samples=run.samples + ([run.last_ok] if run.last_ok is not None else []),
         bad_sample=run.bad_sample,
         truncated=run.stop_ns is not None,
     )
