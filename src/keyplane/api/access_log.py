@@ -43,6 +43,9 @@ class AccessLog:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         millis = int((now - second) * 1000)
+        if key_id is not None and not _plain(key_id):
+            # A client-chosen KeyId must not be able to forge or split log lines.
+            key_id = repr(key_id[:256])
         elapsed = (time.perf_counter() - started) * 1000
         self._lines.append(
             f"{self._stamp},{millis:03d} INFO keyplane.access op={operation} "
@@ -71,3 +74,7 @@ class AccessLog:
             self._stream.flush()
         except (OSError, ValueError):  # a closed or broken stream: drop, keep serving
             pass
+
+
+def _plain(value: str) -> bool:
+    return len(value) <= 256 and value.isprintable() and " " not in value

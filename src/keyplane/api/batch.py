@@ -263,7 +263,10 @@ def _b64_rows(matrix: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         padded = np.zeros((n, width + pad), dtype=np.uint8)
         padded[:, :width] = matrix
         matrix = padded
-    text = binascii.b2a_base64(np.ascontiguousarray(matrix).tobytes(), newline=False)
+    raw = np.ascontiguousarray(matrix).tobytes()
+    text = binascii.b2a_base64(raw, newline=False)
+    if pad:
+        padded.fill(0)  # it held plaintext keys; the bytes copies are beyond reach
     encoded = np.frombuffer(text, dtype=np.uint8).reshape(n, (width + pad) // 3 * 4)
     if pad:
         encoded = encoded.copy()

@@ -98,11 +98,10 @@ def _response(status: int, body: bytes, request_id: str, keep_alive: bool) -> by
 def error_body(error: BaseException) -> tuple[int, bytes]:
     """The status and body AWS would send for ``error``."""
     name, status = aws_error(error)
-    message = (
-        str(error)
-        if isinstance(error, KeyplaneError)
-        else "An internal error occurred."
-    )
+    # An internal fault's own message may name files, tables or limits: the client
+    # gets a generic one, and the cause is logged with the request id.
+    internal = name == "KMSInternalException" or not isinstance(error, KeyplaneError)
+    message = "An internal error occurred." if internal else str(error)
     return status, orjson.dumps({"__type": name, "message": message})
 
 
@@ -190,13 +189,16 @@ class _Request:
 
 
 class _Slot:
-    """One request's place in its connection's response order."""
+    """One request's place in its connection's response order. The response is
+    framed only when it is written, so the last one before a close can say so."""
 
-    __slots__ = ("data", "keep_alive")
+    __slots__ = ("body", "keep_alive", "request_id", "status")
 
     def __init__(self, keep_alive: bool) -> None:
-        self.data: bytes | None = None
         self.keep_alive = keep_alive
+        self.status = 0  # 0 until the response is ready
+        self.body = b""
+        self.request_id = ""
 
 
 class HttpConnection(asyncio.Protocol):
@@ -214,6 +216,8 @@ class HttpConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
+        self._eof = False
+        self._last_queued = False  # a request that closes the connection is queued
         self._reset()
 
     # --- connection lifecycle ---------------------------------------------------------
@@ -244,6 +248,12 @@ class HttpConnection(asyncio.Protocol):
         if self._transport is not None and not self._slots:
             self._transport.close()
 
+    def eof_received(self) -> bool:
+        """The client is done sending: keep the connection open for the answers still
+        owed (the operations are already running), and close once they are sent."""
+        self._eof = True
+        return bool(self._slots)
+
     # --- parsing ----------------------------------------------------------------------
 
     def _reset(self) -> None:
@@ -255,6 +265,8 @@ class HttpConnection(asyncio.Protocol):
         self._too_large = False
 
     def data_received(self, data: bytes) -> None:
+        if self._last_queued:
+            return  # a request that closes the connection was the last one read
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -284,8 +296,27 @@ class HttpConnection(asyncio.Protocol):
         elif not self._too_large:
             self._body.append(body)
 
+    def on_headers_complete(self) -> None:
+        # An interim 100 Continue may only go out when no earlier answer is owed:
+        # it must not overtake them. A client that gets none sends its body anyway.
+        expect = self._headers.get(b"expect")
+        if (
+            expect is not None
+            and expect.lower() == b"100-continue"
+            and not self._slots
+            and self._transport is not None
+            and not self._last_queued
+        ):
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def on_message_complete(self) -> None:
+        if self._last_queued:
+            # Requests pipelined behind one that closes the connection are never
+            # run: their answers could not be delivered.
+            return
         keep_alive = self._parser.should_keep_alive() and not self._closing
+        if not keep_alive:
+            self._last_queued = True
         slot = _Slot(keep_alive)
         self._slots.append(slot)
         self._dispatch(slot, self._parser.get_method(), self._url)
@@ -372,24 +403,27 @@ class HttpConnection(asyncio.Protocol):
     # --- responses --------------------------------------------------------------------
 
     def _finish(self, slot: _Slot, status: int, body: bytes, request_id: str) -> None:
-        slot.data = _response(status, body, request_id, slot.keep_alive)
-        transport = self._transport
+        slot.status, slot.body, slot.request_id = status, body, request_id
         # Send every response that is ready, in order, up to the first still pending.
-        while self._slots and self._slots[0].data is not None:
+        while self._slots and self._slots[0].status:
             head = self._slots.popleft()
+            transport = self._transport
             if transport is None:
                 continue
-            transport.write(head.data)  # type: ignore[arg-type]
-            if not head.keep_alive:
+            last = not self._slots and (self._closing or self._eof)
+            keep_alive = head.keep_alive and not last
+            transport.write(
+                _response(head.status, head.body, head.request_id, keep_alive)
+            )
+            if not keep_alive:
                 transport.close()
-                self._transport = transport = None
-        if self._closing and not self._slots and self._transport is not None:
-            self._transport.close()
+                self._transport = None
         self._update_reading()
 
     def _fail_connection(self, status: int, message: str) -> None:
-        if self._transport is None:
+        if self._transport is None or self._last_queued:
             return
+        self._last_queued = True
         body = orjson.dumps({"__type": "SerializationException", "message": message})
         slot = _Slot(keep_alive=False)
         self._slots.append(slot)

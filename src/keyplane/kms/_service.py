@@ -201,18 +201,17 @@ class KmsService:
     # --- deletion ---------------------------------------------------------------------
 
     async def sweep_deletions(self) -> int:
-        """Delete every key whose deletion date has passed, with its aliases."""
-        now = self.clock()
-        due = [
-            k
-            for k in self.keys.values()
-            if k.state is KeyState.PENDING_DELETION
-            and k.deletion_date is not None
-            and k.deletion_date <= now
-        ]
-        for key in due:
+        """Delete every key whose deletion date has passed, with its aliases.
+
+        Returns:
+            How many keys were deleted.
+        """
+        deleted = 0
+        for key in [k for k in self.keys.values() if self._deletion_due(k)]:
             async with self.control:
-                if self.keys.get(key.key_id) is not key:
+                # Look again under the lock: a CancelKeyDeletion (or a new schedule)
+                # may have committed while this sweep waited for it.
+                if self.keys.get(key.key_id) is not key or not self._deletion_due(key):
                     continue
                 await self.write(self.store.delete_key, key.key_id)
                 for alias in self.aliases_of(key):
@@ -222,8 +221,16 @@ class KmsService:
                     # A slot already gone has nothing left to cleanse.
                     with contextlib.suppress(KeyplaneError):
                         key.partition.destroy_key(slot)
+                deleted += 1
                 _log.info("deleted key %s at the end of its waiting period", key.key_id)
-        return len(due)
+        return deleted
+
+    def _deletion_due(self, key: KmsKey) -> bool:
+        return (
+            key.state is KeyState.PENDING_DELETION
+            and key.deletion_date is not None
+            and key.deletion_date <= self.clock()
+        )
 
 
 def _alias_arn(ref: KeyRef) -> str:

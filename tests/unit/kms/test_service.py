@@ -100,3 +100,37 @@ def test_restore_brings_back_every_key(tmp_path):
 
     key_id, blob = asyncio.run(first())
     asyncio.run(second(key_id, blob))
+
+
+def test_a_cancel_that_wins_the_lock_keeps_the_key(tmp_path):
+    root, clock = os.urandom(32), Clock()
+
+    async def main():
+        svc = service(tmp_path / "db", root, clock, asyncio.get_running_loop())
+        try:
+            key = await keys.create_key(svc, CTX)
+            blob = (
+                await crypto.encrypt(svc, CTX, key_id=key.key_id, plaintext=b"keep")
+            ).ciphertext_blob
+            await keys.schedule_key_deletion(svc, CTX, key.key_id, 7)
+            clock.now += 8 * DAY
+            # The cancel holds the lock first; the sweep, already started, must see
+            # that the key is no longer pending deletion.
+            async with svc.control:
+                sweep = asyncio.ensure_future(svc.sweep_deletions())
+                await asyncio.sleep(0)
+                record = key.record(
+                    state=KeyState.DISABLED,
+                    deletion_date=None,
+                    pending_window_days=None,
+                )
+                await svc.write(svc.store.update_key, record)
+                key.apply(record)
+            assert await sweep == 0
+            await keys.enable_key(svc, CTX, key.key_id)
+            opened = await crypto.decrypt(svc, CTX, ciphertext_blob=blob)
+            assert opened.plaintext == b"keep"
+        finally:
+            close(svc)
+
+    asyncio.run(main())

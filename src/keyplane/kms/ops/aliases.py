@@ -103,4 +103,10 @@ def list_aliases(
         key = svc.resolve(ctx, key_id, aliases=False)
         aliases = [a for a in aliases if a.key_id == key.key_id]
     aliases.sort(key=lambda a: a.name)
-    return page(aliases, limit or DEFAULT_LIST_LIMIT, marker, lambda a: a.name)
+    return page(
+        aliases,
+        limit or DEFAULT_LIST_LIMIT,
+        marker,
+        lambda a: a.name,
+        lambda m: m.startswith("alias/"),
+    )

@@ -3,6 +3,7 @@ ScheduleKeyDeletion, CancelKeyDeletion, UpdateKeyDescription."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -13,7 +14,7 @@ from keyplane.errors import (
     UnsupportedOperationError,
     ValidationError,
 )
-from keyplane.kms._arn import key_arn
+from keyplane.kms._arn import is_key_id, key_arn
 from keyplane.kms._model import (
     ENCRYPT_DECRYPT,
     ORIGIN_AWS_KMS,
@@ -157,19 +158,32 @@ def list_keys(
         ),
         key=lambda k: k.key_id,
     )
-    return page(keys, limit or DEFAULT_LIST_LIMIT, marker, lambda k: k.key_id)
+    return page(
+        keys, limit or DEFAULT_LIST_LIMIT, marker, lambda k: k.key_id, is_key_id
+    )
 
 
 def page(
-    items: list[T], limit: int, marker: str | None, name: Callable[[T], str]
+    items: list[T],
+    limit: int,
+    marker: str | None,
+    name: Callable[[T], str],
+    well_formed: Callable[[str], bool] = bool,
 ) -> tuple[list[T], str | None]:
-    """One page of ``items`` (sorted by ``name``) after ``marker``."""
+    """One page of ``items`` (sorted by ``name``) after ``marker``.
+
+    The marker is the name of the last item of the previous page. Paging continues
+    after where that name would sort, so deleting the item it names between two pages
+    does not break the listing.
+
+    Raises:
+        InvalidMarkerError: a marker that could not be a name of these items.
+    """
     start = 0
     if marker is not None:
-        names = [name(item) for item in items]
-        if marker not in names:
+        if not well_formed(marker):
             raise InvalidMarkerError("Invalid marker")  # AWS's whole message
-        start = names.index(marker) + 1
+        start = bisect.bisect_right([name(item) for item in items], marker)
     chunk = items[start : start + limit]
     more = start + limit < len(items)
     return chunk, (name(chunk[-1]) if more and chunk else None)
