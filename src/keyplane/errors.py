@@ -137,3 +137,26 @@ class RootKeyError(KeyplaneError):
 
 class DryRunError(KeyplaneError):
     """A DryRun request that would have succeeded (AWS reports it as an error)."""
+
+
+# --- authentication --------------------------------------------------------------------
+
+
+class AuthenticationError(KeyplaneError):
+    """A request whose signature could not be checked or did not check out."""
+
+
+class MissingAuthenticationError(AuthenticationError):
+    """No Authorization header (or query signature) at all."""
+
+
+class IncompleteSignatureError(AuthenticationError):
+    """An Authorization header missing parts, or malformed."""
+
+
+class UnrecognizedClientError(AuthenticationError):
+    """The access key id is not one this service knows."""
+
+
+class InvalidSignatureError(AuthenticationError):
+    """The signature does not match, or the request's date is too far from now."""

@@ -31,6 +31,10 @@ AWS_ERRORS: Final[Mapping[type[e.KeyplaneError], tuple[str, int]]] = {
     e.LimitExceededError: ("LimitExceededException", 400),
     e.DryRunError: ("DryRunOperationException", 400),
     e.ThrottlingError: ("ThrottlingException", 400),
+    e.MissingAuthenticationError: ("MissingAuthenticationTokenException", 400),
+    e.IncompleteSignatureError: ("IncompleteSignatureException", 400),
+    e.UnrecognizedClientError: ("UnrecognizedClientException", 400),
+    e.InvalidSignatureError: ("InvalidSignatureException", 400),
     # The HSM lost a slot the service still names: a server fault, retryable.
     e.KeyUnavailableError: ("KeyUnavailableException", 500),
 }
