@@ -139,7 +139,7 @@ class DryRunError(KeyplaneError):
     """A DryRun request that would have succeeded (AWS reports it as an error)."""
 
 
-# --- authentication --------------------------------------------------------------------
+# --- authentication -------------------------------------------------------------------
 
 
 class AuthenticationError(KeyplaneError):
