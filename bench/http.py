@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import loadgen
+from _host import _run, cpu_info, git_info  # bench/ runs as scripts
 
 # This file is bench/http.py, and Python puts the script's folder first on sys.path,
 # where it would shadow the standard library's ``http`` package that boto3 (through
@@ -1030,55 +1031,6 @@ def _attempt(
 
 
 # --- host, versions -------------------------------------------------------------------
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    # wrk -v exits 1 after printing its version.
-    return (proc.stdout or proc.stderr).strip() or None
-
-
-def git_info() -> dict[str, Any]:
-    commit = _run(["git", "rev-parse", "HEAD"])
-    if commit is not None and not re.fullmatch(r"[0-9a-f]{40}", commit):
-        commit = None
-    # --no-optional-locks: status must not refresh (write) the index of a shared tree.
-    status = (
-        _run(
-            [
-                "git",
-                "--no-optional-locks",
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-            ]
-        )
-        if commit
-        else None
-    )
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def cpu_info() -> dict[str, Any]:
-    model: str | None = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-                break
-    return {
-        "model": model or platform.processor() or None,
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "system": platform.platform(),
-    }
 
 
 def versions() -> dict[str, str | None]:

@@ -502,9 +502,6 @@ class NativeHsm:
             key_lens = [key_size] * n
         else:
             key_lens = [k if 0 <= k <= MAX_DATA_KEY_BYTES else 0 for k in key_bytes]
-        key_len_ptr, _keep_lens = _pack.size_array(key_lens, small, "key")
-        aads = _pack.aad_column(aad, n, small)
-        handle_ptr, _keep_handles = _pack.handles(handles, n, small)
         same = _pack.uniform(key_lens)
         if same is not None:
             total = n * (2 * same + SEAL_OVERHEAD) if same else 0
@@ -512,6 +509,29 @@ class NativeHsm:
         else:
             sizes = [2 * k + SEAL_OVERHEAD if k else 0 for k in key_lens]
             total = sum(sizes)
+        out, status = self._make_data_keys(scope, handles, key_lens, aad, total, small)
+        try:
+            results = _split_data_keys(out, total, key_lens, sizes)
+        finally:
+            _pack.wipe(out, total)
+        return _with_failures(results, status, n)
+
+    def _make_data_keys(
+        self,
+        scope: int,
+        handles: Handles,
+        key_lens: list[int],
+        aad: Aad,
+        total: int,
+        small: _pack.Scratch | None,
+    ) -> tuple[Any, Any]:
+        """The native generate-data-key call shared by both result shapes: keys land
+        back to back in the returned buffer (which the caller wipes), statuses in the
+        returned array."""
+        n = len(key_lens)
+        key_len_ptr, _keep_lens = _pack.size_array(key_lens, small, "key")
+        aads = _pack.aad_column(aad, n, small)
+        handle_ptr, _keep_handles = _pack.handles(handles, n, small)
         out = _pack.output_buffer(total, small)
         status = _pack.status_array(n, small)
         try:
@@ -532,10 +552,10 @@ class NativeHsm:
                     status,
                 )
             )
-            results = _split_data_keys(out, total, key_lens, sizes)
-        finally:
+        except BaseException:
             _pack.wipe(out, total)
-        return _with_failures(results, status, n)
+            raise
+        return out, status
 
     def generate_data_key_rows(
         self, scope: int, handle: int, key_bytes: int, n: int, aad: bytes
@@ -556,31 +576,12 @@ class NativeHsm:
         if not 1 <= key_bytes <= MAX_DATA_KEY_BYTES or not 1 <= n <= MAX_BATCH:
             raise ValidationError("data key size or count out of range")
         small = _pack.scratch_for(n)
-        key_len_ptr, _keep_lens = _pack.size_array([key_bytes] * n, small, "key")
-        aads = _pack.aad_column(aad, n, small)
-        handle_ptr, _keep_handles = _pack.handles(handle, n, small)
         stride = 2 * key_bytes + SEAL_OVERHEAD
         total = n * stride
-        out = _pack.output_buffer(total, small)
-        status = _pack.status_array(n, small)
+        out, status = self._make_data_keys(
+            scope, handle, [key_bytes] * n, aad, total, small
+        )
         try:
-            raise_for_status(
-                lib.kp_generate_data_key_batch(
-                    self._ptr,
-                    scope,
-                    n,
-                    handle_ptr,
-                    key_len_ptr,
-                    aads[0],
-                    len(aads[0]),
-                    aads[1],
-                    aads[2],
-                    out,
-                    total,
-                    ffi.NULL,
-                    status,
-                )
-            )
             rows = np.frombuffer(ffi.buffer(out, total), dtype=np.uint8)
             rows = rows.reshape(n, stride).copy()
         finally:
