@@ -59,7 +59,7 @@ $(ASAN_STAMP): $(NATIVE_SOURCES) pyproject.toml setup.py
 	$(ASAN_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(ASAN_VENV)/bin/python -m pip install --quiet "setuptools>=69" "cffi>=1.17,<3" wheel
 	KEYPLANE_SANITIZE=address,undefined $(ASAN_VENV)/bin/python -m pip install --quiet \
-		--no-build-isolation --force-reinstall --no-cache-dir ".[test]"
+		--no-build-isolation --force-reinstall --no-cache-dir ".[native-test]"
 	touch $(ASAN_STAMP)
 
 native-asan: $(ASAN_STAMP)
