@@ -158,38 +158,53 @@ def _parse_data_key(item: Mapping[str, Any]) -> batch.DataKeyItem:
     return batch.DataKeyItem(_key_id(item) or "", number, spec, _context(item))
 
 
+def _respond(
+    n: int,
+    failed: dict[int, KeyplaneError],
+    done: list[Any],
+    encode: Callable[[Any], dict[str, Any]],
+) -> bytes:
+    """The response body: each result in request order, encoded or as its error."""
+    return orjson.dumps(
+        {
+            "Results": [
+                _error(r) if isinstance(r, KeyplaneError) else encode(r)
+                for r in _merge(n, failed, done)
+            ]
+        }
+    )
+
+
 async def encrypt(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:
     raw = _items(body)
     parsed, failed = _parse(raw, _parse_encrypt)
     done = await batch.batch_encrypt(svc, ctx, parsed) if parsed else []
-    results = [
-        _error(r)
-        if isinstance(r, KeyplaneError)
-        else {
+    return _respond(
+        len(raw),
+        failed,
+        done,
+        lambda r: {
             "CiphertextBlob": _b64(r.ciphertext_blob),
             "KeyId": r.key.arn,
             "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-        }
-        for r in _merge(len(raw), failed, done)
-    ]
-    return orjson.dumps({"Results": results})
+        },
+    )
 
 
 async def decrypt(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:
     raw = _items(body)
     parsed, failed = _parse(raw, _parse_decrypt)
     done = await batch.batch_decrypt(svc, ctx, parsed) if parsed else []
-    results = [
-        _error(r)
-        if isinstance(r, KeyplaneError)
-        else {
+    return _respond(
+        len(raw),
+        failed,
+        done,
+        lambda r: {
             "Plaintext": _b64(r.plaintext),
             "KeyId": r.key.arn,
             "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-        }
-        for r in _merge(len(raw), failed, done)
-    ]
-    return orjson.dumps({"Results": results})
+        },
+    )
 
 
 async def generate_data_key(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:

@@ -46,7 +46,7 @@ class _Queue:
         self,
     ) -> tuple[list[int], list[Any], list[bytes], list[asyncio.Future[Any]]]:
         taken = self.handles, self.inputs, self.aads, self.futures
-        self.__init__()  # type: ignore[misc]
+        self.handles, self.inputs, self.aads, self.futures = [], [], [], []
         return taken
 
 

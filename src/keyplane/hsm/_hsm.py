@@ -199,9 +199,7 @@ class Partition:
         Raises:
             HsmFaultError: an internal fault of the HSM; the whole batch fails.
         """
-        return self._native.encrypt_batch(
-            self._id, _handles(slots, self._native), plaintexts, aad
-        )
+        return self._native.encrypt_batch(self._id, _handles(slots), plaintexts, aad)
 
     def decrypt_batch(
         self,
@@ -211,9 +209,7 @@ class Partition:
     ) -> Results:
         """Open each ``IV || ciphertext || tag``; per item the plaintext or its error
         (``InvalidCiphertextError`` for any alteration or a different AAD)."""
-        return self._native.decrypt_batch(
-            self._id, _handles(slots, self._native), ciphertexts, aad
-        )
+        return self._native.decrypt_batch(self._id, _handles(slots), ciphertexts, aad)
 
     def generate_data_key_batch(
         self,
@@ -224,7 +220,7 @@ class Partition:
     ) -> DataKeyResults:
         """Make ``n`` data keys: per item ``(plaintext, sealed key)`` or its error."""
         return self._native.generate_data_key_batch(
-            self._id, _handles(slots, self._native), key_bytes, n, aad
+            self._id, _handles(slots), key_bytes, n, aad
         )
 
     def generate_data_key_rows(
@@ -381,9 +377,9 @@ def generate_data_key_batch(
     return target.generate_data_key_batch(0, handles, key_bytes, n, aad)
 
 
-def _handles(slots: KeySlot | Sequence[KeySlot], target: NativeHsm) -> int | list[int]:
-    """Handles for a native call on ``target``; a slot of another native HSM is left for
-    the HSM to refuse per item (its handle names another HSM)."""
+def _handles(slots: KeySlot | Sequence[KeySlot]) -> int | list[int]:
+    """Handles for a native call; a slot of another native HSM is left for the HSM to
+    refuse per item (its handle names another HSM)."""
     if isinstance(slots, KeySlot):
         return slots.handle
     return [slot.handle for slot in slots]

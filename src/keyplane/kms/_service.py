@@ -68,7 +68,9 @@ class KmsService:
         self._partition_locks: dict[str, asyncio.Lock] = {}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="keyplane-store")
         self._crypto = ThreadPoolExecutor(1, thread_name_prefix="keyplane-hsm")
-        self.batcher = Batcher(hsm.shared, loop, executor=self._crypto)
+        self.batcher = Batcher(
+            hsm.shared, loop, executor=self._crypto, offload_items=OFFLOAD_ITEMS
+        )
         # Serialises control-plane changes: each reads memory, writes the store, then
         # updates memory, and must not interleave with another at its await.
         self.control = asyncio.Lock()
@@ -125,11 +127,10 @@ class KmsService:
         """Run a store call on the writer thread and wait until it has committed."""
         return await self.loop.run_in_executor(self._writer, fn, *args)
 
-    async def run_batch(self, fn: Callable[..., T], *args: Any, items: int = 0) -> T:
-        """Run one native batch call: inline when small, on the HSM thread when large
-        (the call releases the GIL, so the loop keeps serving meanwhile)."""
-        count = items or max((len(a) for a in args if isinstance(a, list)), default=0)
-        if count < OFFLOAD_ITEMS:
+    async def run_batch(self, fn: Callable[..., T], *args: Any, items: int) -> T:
+        """Run one native batch call of ``items`` items: inline when small, on the HSM
+        thread when large (the call releases the GIL, so the loop keeps serving)."""
+        if items < OFFLOAD_ITEMS:
             return fn(*args)
         return await self.loop.run_in_executor(self._crypto, fn, *args)
 

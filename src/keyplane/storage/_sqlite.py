@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -528,31 +528,22 @@ class SQLiteStore:
             # back) with the tables above.
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _write(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, committed durably before the block's caller
-        returns, rolled back on any exception."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                # IMMEDIATE takes the write lock up front, so a transaction never
-                # fails half-way for want of it.
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                _rollback(conn)
-                if isinstance(exc, sqlite3.Error):
-                    raise _store_error(what, exc) from exc
-                raise
+        returns, rolled back on any exception. IMMEDIATE takes the write lock up
+        front, so a transaction never fails half-way for want of it."""
+        return self._transaction(what, "BEGIN IMMEDIATE")
+
+    def _read(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
+        """One read transaction, so every query in the block sees the same state."""
+        return self._transaction(what, "BEGIN")
 
     @contextmanager
-    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One read transaction, so every query in the block sees the same state."""
+    def _transaction(self, what: str, begin: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._connection()
             try:
-                conn.execute("BEGIN")
+                conn.execute(begin)
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:

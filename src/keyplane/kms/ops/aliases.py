@@ -9,7 +9,7 @@ from keyplane.kms._arn import alias_arn, check_alias_name
 from keyplane.kms._model import Alias
 from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import Op, require
-from keyplane.kms.ops.keys import page
+from keyplane.kms.ops._paging import page
 
 DEFAULT_LIST_LIMIT: Final = 50
 

@@ -249,12 +249,11 @@ async def batch_generate_data_key(
     """Make a data key per item; per item (key, plaintext, blob) or its error.
 
     Tuples rather than objects: at a thousand items a request, building one object
-    per item costs about as much as making the key.
+    per item costs about as much as making the key. A request of one item repeated
+    is better served by ``batch_generate_data_keys_alike``, whose rows the API layer
+    encodes in bulk.
     """
     _check_count(len(items))
-    if items.count(items[0]) == len(items):
-        alike = await _data_keys_alike(svc, ctx, items[0], len(items))
-        return alike if isinstance(alike, list) else _tuples(alike)
     results: list[DataKeyTuple | KeyplaneError] = [ValidationError("")] * len(items)
     resolve = _resolver(svc, ctx)
     groups = _Groups()

@@ -3,14 +3,12 @@ ScheduleKeyDeletion, CancelKeyDeletion, UpdateKeyDescription."""
 
 from __future__ import annotations
 
-import bisect
 import json
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Final, TypeVar
+from collections.abc import Mapping
+from typing import Final
 
 from keyplane.errors import (
-    InvalidMarkerError,
     UnsupportedOperationError,
     ValidationError,
 )
@@ -24,10 +22,9 @@ from keyplane.kms._model import (
 )
 from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import KeyState, Op, require
+from keyplane.kms.ops._paging import page
 from keyplane.kms.ops.tags import check_tags
 from keyplane.storage import MaterialRecord
-
-T = TypeVar("T")
 
 DAY_SECONDS: Final = 86400.0
 # AWS KMS Developer Guide, "Deleting AWS KMS keys": the waiting period is 7 to 30 days.
@@ -161,32 +158,6 @@ def list_keys(
     return page(
         keys, limit or DEFAULT_LIST_LIMIT, marker, lambda k: k.key_id, is_key_id
     )
-
-
-def page(
-    items: list[T],
-    limit: int,
-    marker: str | None,
-    name: Callable[[T], str],
-    well_formed: Callable[[str], bool] = bool,
-) -> tuple[list[T], str | None]:
-    """One page of ``items`` (sorted by ``name``) after ``marker``.
-
-    The marker is the name of the last item of the previous page. Paging continues
-    after where that name would sort, so deleting the item it names between two pages
-    does not break the listing.
-
-    Raises:
-        InvalidMarkerError: a marker that could not be a name of these items.
-    """
-    start = 0
-    if marker is not None:
-        if not well_formed(marker):
-            raise InvalidMarkerError("Invalid marker")  # AWS's whole message
-        start = bisect.bisect_right([name(item) for item in items], marker)
-    chunk = items[start : start + limit]
-    more = start + limit < len(items)
-    return chunk, (name(chunk[-1]) if more and chunk else None)
 
 
 async def enable_key(svc: KmsService, ctx: RequestContext, key_id: str) -> None:

@@ -8,6 +8,7 @@ from typing import Final
 from keyplane.errors import LimitExceededError, TagError
 from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import Op, require
+from keyplane.kms.ops._paging import page
 
 # AWS KMS Developer Guide, "Tagging keys" and the resource quotas: tag keys starting
 # with "aws:" are reserved, and a key carries at most 50 tags.
@@ -65,8 +66,6 @@ def list_resource_tags(
     marker: str | None,
 ) -> tuple[list[tuple[str, str]], str | None]:
     """AWS ListResourceTags, ordered by tag key."""
-    from keyplane.kms.ops.keys import page
-
     key = svc.resolve(ctx, key_id, aliases=False)
     require(key.state, Op.DESCRIBE, key.arn)
     return page(
