@@ -1,4 +1,5 @@
-"""Durable storage of partitions, key metadata, wrapped key material and aliases.
+"""Durable storage of partitions, key metadata, wrapped key material, aliases and
+grants.
 
 SQLite is the default backend; every backend implements ``Store``. The root key that
 makes the stored material usable comes from ``load_root_key``. Storage keeps records
@@ -8,6 +9,7 @@ keyplane but ``keyplane.errors``.
 
 from keyplane.storage._records import (
     AliasRecord,
+    GrantRecord,
     KeyRecord,
     MaterialRecord,
     PartitionRecord,
@@ -22,6 +24,7 @@ __all__ = [
     "ROOT_KEY_ENV",
     "SCHEMA_VERSION",
     "AliasRecord",
+    "GrantRecord",
     "KeyRecord",
     "MaterialRecord",
     "PartitionRecord",

@@ -2,13 +2,14 @@
 
 This module owns the shape of what is stored: plain frozen records and the interface
 of a store. It holds no behaviour of any backend and no KMS semantics: a key's state,
-metadata and tags are opaque values here, and wrapped bytes are never looked into.
+metadata and tags and a grant's details are opaque values here, and wrapped bytes are
+never looked into.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -95,6 +96,28 @@ class AliasRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """A grant on a key.
+
+    Attributes:
+        grant_id: The grant's unique id (an opaque string of 1 to 128 characters).
+        key_id: The ``KeyRecord.key_id`` the grant is on.
+        account: The key's 12-digit account id; opaque to storage.
+        created_at: Creation time in epoch seconds.
+        data: JSON-serialisable grant details (name, grantee and retiring
+            principals, operations, constraints, issuing account, ...); opaque to
+            storage. Mappings must have string keys, and sequences load back as
+            lists.
+    """
+
+    grant_id: str
+    key_id: str
+    account: str
+    created_at: float
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a store holds, in a deterministic order.
 
@@ -103,17 +126,21 @@ class Snapshot:
         keys: Ordered by key id.
         materials: Ordered by (key id, version).
         aliases: Ordered by (account, region, name).
+        grants: Ordered by (key id, creation time, grant id).
     """
 
     partitions: list[PartitionRecord]
     keys: list[KeyRecord]
     materials: list[MaterialRecord]
     aliases: list[AliasRecord]
+    # Last and defaulted, so that snapshots built before grants were stored still
+    # construct the same way.
+    grants: list[GrantRecord] = field(default_factory=list)
 
 
 @runtime_checkable
 class Store(Protocol):
-    """A durable store of partitions, keys, key material and aliases.
+    """A durable store of partitions, keys, key material, aliases and grants.
 
     Every mutating method is one transaction and returns only once it is committed
     durably, so a caller may acknowledge the change as soon as the call returns.
@@ -173,7 +200,8 @@ class Store(Protocol):
         ...
 
     def delete_key(self, key_id: str) -> None:
-        """Delete a key, its material and every alias that points at it.
+        """Delete a key, its material, its grants and every alias that points at it,
+        in one transaction.
 
         Raises:
             StoreNotFoundError: No key has that id.
@@ -196,6 +224,26 @@ class Store(Protocol):
 
         Raises:
             StoreNotFoundError: No such alias.
+            StoreError: The store failed.
+        """
+        ...
+
+    def put_grant(self, record: GrantRecord) -> None:
+        """Add a grant to an existing key.
+
+        Raises:
+            StoreConflictError: A grant with that id exists.
+            StoreNotFoundError: The grant's key does not exist.
+            ValidationError: The record is malformed.
+            StoreError: The store failed.
+        """
+        ...
+
+    def delete_grant(self, grant_id: str) -> None:
+        """Delete a grant.
+
+        Raises:
+            StoreNotFoundError: No grant has that id.
             StoreError: The store failed.
         """
         ...

@@ -3,8 +3,8 @@
 This module owns the SQLite schema, its version, the durability settings, and the
 mapping of SQLite failures to the storage errors. Every mutating call is one
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction that returns only once the commit is on
-disk. It must not interpret what it stores: key states, metadata and tags are opaque,
-wrapped bytes are never looked into and never appear in a message or log.
+disk. It must not interpret what it stores: key states, metadata, tags and grant details
+are opaque, wrapped bytes are never looked into and never appear in a message or log.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from keyplane.storage._files import (
 )
 from keyplane.storage._records import (
     AliasRecord,
+    GrantRecord,
     KeyRecord,
     MaterialRecord,
     PartitionRecord,
@@ -42,7 +43,7 @@ from keyplane.storage._records import (
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The ``PRAGMA user_version`` this code writes; newer files are refused."""
 
 BUSY_TIMEOUT_S: Final = 10.0
@@ -50,9 +51,15 @@ BUSY_TIMEOUT_S: Final = 10.0
 
 TENANCIES: Final = frozenset({"shared", "dedicated"})
 
-# _MIGRATIONS[n] brings a database from schema version n to n + 1, in one transaction.
-# Version 0 is an empty file. Tenancy is checked in Python rather than by a CHECK
-# constraint, because SQLite can only change a CHECK by rebuilding the table.
+GRANT_ID_MAX_CHARS: Final = 128
+"""The longest grant id; AWS KMS API Reference, RevokeGrant, ``GrantId``: 1 to 128."""
+
+# _MIGRATIONS[n] brings a database from schema version n to n + 1; every step a file
+# needs runs in one transaction. Version 0 is an empty file. A released step is never
+# edited, because files written by older code run only the steps after their version:
+# change the schema by appending a step. Tenancy and the grant id length are checked
+# in Python rather than by a CHECK constraint, because SQLite can only change a CHECK
+# by rebuilding the table.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
         """
@@ -99,6 +106,20 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX aliases_by_key ON aliases (key_id)",
     ),
+    (
+        """
+        CREATE TABLE grants (
+            grant_id   TEXT PRIMARY KEY NOT NULL CHECK (typeof(grant_id) = 'text'),
+            key_id     TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+            account    TEXT NOT NULL CHECK (typeof(account) = 'text'),
+            created_at REAL NOT NULL CHECK (typeof(created_at) = 'real'),
+            data       TEXT NOT NULL CHECK (typeof(data) = 'text')
+        ) WITHOUT ROWID
+        """,
+        # Leads with key_id for the cascade from keys, and carries the rest of the
+        # load order so that load reads the grants without sorting them.
+        "CREATE INDEX grants_by_key ON grants (key_id, created_at, grant_id)",
+    ),
 )
 
 _UNIQUE: Final = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"})
@@ -120,6 +141,14 @@ _UPSERT_ALIAS: Final = (
     " VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (account, region, name) DO UPDATE SET key_id = excluded.key_id,"
     " created_at = excluded.created_at, updated_at = excluded.updated_at"
+)
+_INSERT_GRANT: Final = (
+    "INSERT INTO grants (grant_id, key_id, account, created_at, data)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_SELECT_GRANTS: Final = (
+    "SELECT grant_id, key_id, account, created_at, data FROM grants"
+    " ORDER BY key_id, created_at, grant_id"
 )
 
 
@@ -196,8 +225,8 @@ class SQLiteStore:
     # --- reads ------------------------------------------------------------------
 
     def load(self) -> Snapshot:
-        """Return every record, ordered by name, key id, (key id, version) and
-        (account, region, name).
+        """Return every record, ordered by name, key id, (key id, version),
+        (account, region, name) and (key id, creation time, grant id).
 
         Raises:
             StoreError: The store is closed, cannot be read, or holds a malformed
@@ -232,15 +261,16 @@ class SQLiteStore:
                     " FROM aliases ORDER BY account, region, name"
                 )
             ]
-        return Snapshot(partitions, keys, materials, aliases)
+            grants = [_grant_from_row(row) for row in conn.execute(_SELECT_GRANTS)]
+        return Snapshot(partitions, keys, materials, aliases, grants)
 
     def integrity_check(self) -> list[str]:
         """Return the problems found; an empty list means the store is healthy.
 
-        Runs SQLite's own ``integrity_check``, then looks for material and aliases of
-        missing keys, keys in missing partitions, keys without material, and records
-        that would not load. A database too damaged to be read is reported as a
-        problem, not raised.
+        Runs SQLite's own ``integrity_check``, then looks for material, aliases and
+        grants of missing keys, keys in missing partitions, keys without material,
+        and records that would not load or that a write would refuse. A database too
+        damaged to be read is reported as a problem, not raised.
 
         Raises:
             StoreError: The store is closed.
@@ -364,10 +394,10 @@ class SQLiteStore:
             )
 
     def delete_key(self, key_id: str) -> None:
-        """Delete a key, its material and every alias that points at it.
+        """Delete a key, its material, its grants and every alias that points at it.
 
-        The schema's ``ON DELETE CASCADE`` removes the material and aliases within
-        the same statement, so they go or stay together with the key.
+        The schema's ``ON DELETE CASCADE`` removes the material, aliases and grants
+        within the same statement, so they go or stay together with the key.
 
         Raises:
             StoreNotFoundError: No key has that id.
@@ -415,6 +445,39 @@ class SQLiteStore:
                 raise StoreNotFoundError(
                     f"alias {name!r} does not exist in account {account} {region}"
                 )
+
+    def put_grant(self, record: GrantRecord) -> None:
+        """Add a grant to an existing key.
+
+        Raises:
+            StoreConflictError: A grant with that id exists.
+            StoreNotFoundError: The grant's key does not exist.
+            ValidationError: The record is malformed.
+            StoreError: The store is closed or failed.
+        """
+        row = _grant_row(record)
+        with self._write(f"add grant {record.grant_id!r}") as conn:
+            _execute(
+                conn,
+                _INSERT_GRANT,
+                row,
+                conflict=f"grant {record.grant_id!r} already exists",
+                missing=f"key {record.key_id!r} does not exist",
+            )
+
+    def delete_grant(self, grant_id: str) -> None:
+        """Delete a grant.
+
+        Raises:
+            StoreNotFoundError: No grant has that id.
+            ValidationError: ``grant_id`` is not a string.
+            StoreError: The store is closed or failed.
+        """
+        _text(grant_id, "grant_id")
+        with self._write(f"delete grant {grant_id!r}") as conn:
+            cursor = conn.execute("DELETE FROM grants WHERE grant_id = ?", (grant_id,))
+            if cursor.rowcount == 0:
+                raise StoreNotFoundError(f"grant {grant_id!r} does not exist")
 
     # --- backup and lifetime ----------------------------------------------------
 
@@ -512,8 +575,8 @@ class SQLiteStore:
         return version
 
     def _migrate(self) -> None:
-        with self._write("create the schema") as conn:
-            # Read again under the write lock: another process may have created the
+        with self._write("migrate the schema") as conn:
+            # Read again under the write lock: another process may have migrated the
             # schema since this one first looked.
             version = _user_version(conn)
             if version > SCHEMA_VERSION:
@@ -725,6 +788,23 @@ def _alias_row(alias: AliasRecord) -> tuple[str, str, str, str, float, float]:
     )
 
 
+def _grant_row(record: GrantRecord) -> tuple[str, str, str, float, str]:
+    grant_id = _text(record.grant_id, "GrantRecord.grant_id")
+    if not 1 <= len(grant_id) <= GRANT_ID_MAX_CHARS:
+        raise ValidationError(
+            f"GrantRecord.grant_id must be 1 to {GRANT_ID_MAX_CHARS} characters long"
+        )
+    if not isinstance(record.data, Mapping):
+        raise ValidationError("GrantRecord.data must be a mapping")
+    return (
+        grant_id,
+        _text(record.key_id, "GrantRecord.key_id"),
+        _text(record.account, "GrantRecord.account"),
+        _time(record.created_at, "GrantRecord.created_at"),
+        _json_text(_plain_json(record.data, "GrantRecord.data")),
+    )
+
+
 def _json_object(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -749,6 +829,17 @@ def _key_from_row(row: tuple[Any, ...]) -> KeyRecord:
         state=state,
         metadata=_json_object(metadata, f"the metadata of key {key_id!r}"),
         tags=tag_map,
+    )
+
+
+def _grant_from_row(row: tuple[Any, ...]) -> GrantRecord:
+    grant_id, key_id, account, created_at, data = row
+    return GrantRecord(
+        grant_id=grant_id,
+        key_id=key_id,
+        account=account,
+        created_at=created_at,
+        data=_json_object(data, f"the data of grant {grant_id!r}"),
     )
 
 
@@ -781,6 +872,14 @@ def _referential_problems(conn: sqlite3.Connection) -> list[str]:
         )
     ]
     problems += [
+        f"grant {grant_id!r} is on missing key {key_id!r}"
+        for grant_id, key_id in conn.execute(
+            "SELECT grant_id, key_id FROM grants AS g WHERE NOT EXISTS"
+            " (SELECT 1 FROM keys AS k WHERE k.key_id = g.key_id)"
+            " ORDER BY key_id, created_at, grant_id"
+        )
+    ]
+    problems += [
         f"key {key_id!r} is in missing partition {partition!r}"
         for key_id, partition in conn.execute(
             "SELECT key_id, partition FROM keys AS k WHERE NOT EXISTS"
@@ -800,7 +899,7 @@ def _referential_problems(conn: sqlite3.Connection) -> list[str]:
 
 
 def _record_problems(conn: sqlite3.Connection) -> list[str]:
-    """Rows the constraints let through but ``load`` would refuse."""
+    """Rows the constraints let through but ``load`` or a write would refuse."""
     problems = [
         f"partition {name!r} has unknown tenancy {tenancy!r}"
         for name, tenancy in conn.execute(
@@ -814,6 +913,18 @@ def _record_problems(conn: sqlite3.Connection) -> list[str]:
     ):
         try:
             _key_from_row(row)
+        except StoreError as exc:
+            problems.append(str(exc))
+    for row in conn.execute(_SELECT_GRANTS):
+        grant_id = row[0]
+        # A planted id can be of any length, so the message quotes only its start.
+        if not 1 <= len(grant_id) <= GRANT_ID_MAX_CHARS:
+            problems.append(
+                f"grant id {grant_id[:GRANT_ID_MAX_CHARS]!r} is {len(grant_id)}"
+                f" characters long, not 1 to {GRANT_ID_MAX_CHARS}"
+            )
+        try:
+            _grant_from_row(row)
         except StoreError as exc:
             problems.append(str(exc))
     return problems

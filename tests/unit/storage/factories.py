@@ -9,7 +9,13 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from keyplane.storage import AliasRecord, KeyRecord, MaterialRecord, PartitionRecord
+from keyplane.storage import (
+    AliasRecord,
+    GrantRecord,
+    KeyRecord,
+    MaterialRecord,
+    PartitionRecord,
+)
 
 ACCOUNT = "111122223333"
 REGION = "us-east-1"
@@ -61,6 +67,23 @@ def alias(name: str, key_id: str, **changes: Any) -> AliasRecord:
     }
     fields.update(changes)
     return AliasRecord(**fields)
+
+
+def grant(grant_id: str, key_id: str, **changes: Any) -> GrantRecord:
+    fields: dict[str, Any] = {
+        "grant_id": grant_id,
+        "key_id": key_id,
+        "account": ACCOUNT,
+        "created_at": 1700000002.0,
+        "data": {
+            "name": "test grant",
+            "grantee_principal": f"arn:aws:iam::{ACCOUNT}:role/reader",
+            "operations": ["Decrypt", "Encrypt"],
+            "constraints": {"encryption_context_subset": {"app": "storage"}},
+        },
+    }
+    fields.update(changes)
+    return GrantRecord(**fields)
 
 
 @contextmanager

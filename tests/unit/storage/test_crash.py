@@ -20,7 +20,8 @@ WRITER = textwrap.dedent(
     from pathlib import Path
     from keyplane.errors import StoreConflictError
     from keyplane.storage import (
-        AliasRecord, KeyRecord, MaterialRecord, PartitionRecord, SQLiteStore,
+        AliasRecord, GrantRecord, KeyRecord, MaterialRecord, PartitionRecord,
+        SQLiteStore,
     )
 
     store = SQLiteStore(Path(sys.argv[1]))
@@ -41,13 +42,17 @@ WRITER = textwrap.dedent(
         store.put_alias(AliasRecord("111122223333", "us-east-1", "alias/last",
                                     key_id, 1.0, 1.0))
         print("alias", key_id, flush=True)
+        grant_id = "g-" + key_id
+        store.put_grant(GrantRecord(grant_id, key_id, "111122223333", 1.0,
+                                    {"operations": ["Decrypt"] * 100}))
+        print("grant", grant_id, flush=True)
     """
 )
 
 
 def _kill_after(db: Path, changes: int) -> list[tuple[str, str]]:
     """Run the writer, SIGKILL it once it reported ``changes`` changes, and return
-    every change it reported, in order."""
+    every change it reported, in order, as (kind, key or grant id)."""
     lines: list[str] = []
     with subprocess.Popen(
         [sys.executable, "-c", WRITER, str(db)],
@@ -78,6 +83,7 @@ def test_sigkill_loses_nothing_committed(tmp_path):
     db = tmp_path / "data" / "keyplane.db"
     keys: set[str] = set()
     versions: set[tuple[str, int]] = set()
+    grants: set[str] = set()
     # Different kill points, on the same database each time: every run starts from
     # what the previous crash left.
     for changes in (40, 97, 151):
@@ -88,6 +94,8 @@ def test_sigkill_loses_nothing_committed(tmp_path):
                 versions.add((key_id, 1))
             elif kind == "material":
                 versions.add((key_id, 2))
+            elif kind == "grant":
+                grants.add(key_id)
 
         with SQLiteStore(db) as store:
             assert store.integrity_check() == []
@@ -95,14 +103,18 @@ def test_sigkill_loses_nothing_committed(tmp_path):
 
         stored_keys = {k.key_id for k in snap.keys}
         stored_versions = {(m.key_id, m.version) for m in snap.materials}
+        stored_grants = {g.grant_id for g in snap.grants}
         assert keys <= stored_keys
         assert versions <= stored_versions
+        assert grants <= stored_grants
         # At most the one change in flight at the kill is there unreported, and
         # whole: a key never lacks its first material.
         assert len(stored_keys - keys) <= 1
         assert len(stored_versions - versions) <= 1
+        assert len(stored_grants - grants) <= 1
+        assert {g.key_id for g in snap.grants} <= stored_keys
         assert {(k, 1) for k in stored_keys} <= stored_versions
         [alias] = snap.aliases
         last_alias = [key_id for kind, key_id in reported if kind == "alias"][-1]
         assert alias.key_id in {last_alias, reported[-1][1]}
-        keys, versions = stored_keys, stored_versions
+        keys, versions, grants = stored_keys, stored_versions, stored_grants

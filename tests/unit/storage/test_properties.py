@@ -4,6 +4,7 @@ changes nothing."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -21,9 +22,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from keyplane.errors import StoreConflictError, StoreNotFoundError
+from keyplane.errors import StoreConflictError, StoreNotFoundError, ValidationError
 from keyplane.storage import (
     AliasRecord,
+    GrantRecord,
     KeyRecord,
     MaterialRecord,
     PartitionRecord,
@@ -36,6 +38,7 @@ NAMES = st.text(alphabet="ab:é", min_size=1, max_size=3)
 ACCOUNTS = st.sampled_from(["111122223333", "444455556666"])
 REGIONS = st.sampled_from(["us-east-1", "eu-west-1"])
 ALIASES = st.sampled_from(["alias/a", "alias/b", "alias/ü"])
+GRANT_IDS = st.text(alphabet="gé0", min_size=1, max_size=2)
 TIMES = st.floats(allow_nan=False, allow_infinity=False)
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=8)
 JSON = st.recursive(
@@ -58,6 +61,7 @@ class Model:
     keys: dict[str, KeyRecord] = field(default_factory=dict)
     materials: dict[tuple[str, int], MaterialRecord] = field(default_factory=dict)
     aliases: dict[tuple[str, str, str], AliasRecord] = field(default_factory=dict)
+    grants: dict[str, GrantRecord] = field(default_factory=dict)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -65,6 +69,10 @@ class Model:
             keys=[self.keys[k] for k in sorted(self.keys)],
             materials=[self.materials[k] for k in sorted(self.materials)],
             aliases=[self.aliases[k] for k in sorted(self.aliases)],
+            grants=sorted(
+                self.grants.values(),
+                key=lambda g: (g.key_id, g.created_at, g.grant_id),
+            ),
         )
 
     def next_version(self, key_id: str) -> int:
@@ -187,7 +195,7 @@ class StoreMachine(RuleBasedStateMachine):
         key_id = self._some_key(data)
         self.store.delete_key(key_id)
         del self.model.keys[key_id]
-        for table in (self.model.materials, self.model.aliases):
+        for table in (self.model.materials, self.model.aliases, self.model.grants):
             for k, v in list(table.items()):
                 if v.key_id == key_id:
                     del table[k]
@@ -222,9 +230,58 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.delete_alias(account, region, name)
         del self.model.aliases[(account, region, name)]
 
-    @rule(key_id=NAMES, account=ACCOUNTS, region=REGIONS, name=ALIASES)
+    @precondition(lambda self: self.model.keys)
+    @rule(data=st.data(), grant_id=GRANT_IDS, created_at=TIMES, details=METADATA)
+    def put_grant(
+        self,
+        data: st.DataObject,
+        grant_id: str,
+        created_at: float,
+        details: dict[str, Any],
+    ) -> None:
+        key = self.model.keys[self._some_key(data)]
+        record = GrantRecord(grant_id, key.key_id, key.account, created_at, details)
+        if grant_id in self.model.grants:
+            self._refused(StoreConflictError, self.store.put_grant, record)
+            return
+        self.store.put_grant(record)
+        self.model.grants[grant_id] = record
+
+    @precondition(lambda self: self.model.grants)
+    @rule(data=st.data())
+    def delete_grant(self, data: st.DataObject) -> None:
+        grant_id = data.draw(st.sampled_from(sorted(self.model.grants)))
+        self.store.delete_grant(grant_id)
+        del self.model.grants[grant_id]
+
+    @precondition(lambda self: self.model.keys)
+    @rule(
+        data=st.data(),
+        change=st.sampled_from(
+            [
+                {"grant_id": ""},
+                {"grant_id": "g" * 129},
+                {"created_at": math.nan},
+                {"data": {"ops": {"Decrypt"}}},
+                {"data": {1: "int key"}},
+            ]
+        ),
+    )
+    def put_malformed_grant(self, data: st.DataObject, change: dict[str, Any]) -> None:
+        # GRANT_IDS never draws "fresh", so only the malformed field can be the
+        # reason to refuse.
+        record = GrantRecord("fresh", self._some_key(data), "111122223333", 0.0, {})
+        self._refused(ValidationError, self.store.put_grant, replace(record, **change))
+
+    @rule(
+        key_id=NAMES,
+        account=ACCOUNTS,
+        region=REGIONS,
+        name=ALIASES,
+        grant_id=GRANT_IDS,
+    )
     def call_with_unknown_names(
-        self, key_id: str, account: str, region: str, name: str
+        self, key_id: str, account: str, region: str, name: str, grant_id: str
     ) -> None:
         if key_id not in self.model.keys:
             key = KeyRecord(key_id, account, region, "shared:1", 0.0, "", {}, {})
@@ -236,10 +293,15 @@ class StoreMachine(RuleBasedStateMachine):
             self._refused(StoreNotFoundError, self.store.delete_key, key_id)
             missing = replace(key, partition="∅")
             self._refused(StoreNotFoundError, self.store.create_key, missing, None)
+            if grant_id not in self.model.grants:
+                grant = GrantRecord(grant_id, key_id, account, 0.0, {})
+                self._refused(StoreNotFoundError, self.store.put_grant, grant)
         if (account, region, name) not in self.model.aliases:
             self._refused(
                 StoreNotFoundError, self.store.delete_alias, account, region, name
             )
+        if grant_id not in self.model.grants:
+            self._refused(StoreNotFoundError, self.store.delete_grant, grant_id)
 
     @rule()
     def reopen(self) -> None:

@@ -1,5 +1,5 @@
 """The SQLite store: round trips, transaction boundaries, errors, integrity checks,
-backups and the files it leaves on disk."""
+backups, schema migrations and the files it leaves on disk."""
 
 from __future__ import annotations
 
@@ -29,7 +29,16 @@ from keyplane.storage import (
     _sqlite,
 )
 
-from .factories import ACCOUNT, REGION, SHARED, alias, key, material, partition
+from .factories import (
+    ACCOUNT,
+    REGION,
+    SHARED,
+    alias,
+    grant,
+    key,
+    material,
+    partition,
+)
 from .factories import raw_connection as raw
 
 
@@ -241,7 +250,7 @@ def test_add_material_twice(store):
     assert store.load().materials == [material(k.key_id)]
 
 
-def test_delete_key_takes_its_material_and_aliases_and_nothing_else(store):
+def test_delete_key_takes_its_material_aliases_and_grants_and_nothing_else(store):
     doomed, kept = key("doomed"), key("kept")
     for k in (doomed, kept):
         store.create_key(k, material(k.key_id))
@@ -249,6 +258,9 @@ def test_delete_key_takes_its_material_and_aliases_and_nothing_else(store):
     store.put_alias(alias("alias/doomed-1", "doomed"))
     store.put_alias(alias("alias/doomed-2", "doomed", region="eu-west-1"))
     store.put_alias(alias("alias/kept", "kept"))
+    store.put_grant(grant("g-doomed-1", "doomed"))
+    store.put_grant(grant("g-doomed-2", "doomed"))
+    store.put_grant(grant("g-kept", "kept"))
 
     store.delete_key("doomed")
 
@@ -256,6 +268,7 @@ def test_delete_key_takes_its_material_and_aliases_and_nothing_else(store):
     assert snap.keys == [kept]
     assert {m.key_id for m in snap.materials} == {"kept"}
     assert [a.name for a in snap.aliases] == ["alias/kept"]
+    assert snap.grants == [grant("g-kept", "kept")]
     assert snap.partitions == [partition()]
 
 
@@ -335,6 +348,107 @@ def test_delete_an_unknown_alias(store, account, region, name):
     assert len(store.load().aliases) == 1
 
 
+# --- grants ----------------------------------------------------------------------
+
+
+def test_grants_survive_close_and_reopen(store):
+    store.create_key(key("k"), material("k"))
+    plain = grant("g-1", "k")
+    unusual = grant(
+        "g-ü",
+        "k",
+        account="999999999999",
+        created_at=-0.5,
+        data={"name": "ünïcödé ✓", "operations": ["Sign"], "empty": {}, "n": None},
+    )
+
+    store.put_grant(plain)
+    store.put_grant(unusual)
+
+    # Ordered by creation time within the key, not by insertion or grant id.
+    assert _reopen(store).grants == [unusual, plain]
+
+
+def test_grant_data_loads_back_as_plain_json(store):
+    store.create_key(key("k"), None)
+    store.put_grant(
+        grant("g", "k", data=MappingProxyType({"ops": ("Decrypt",), "b": 1, "a": {}}))
+    )
+
+    [loaded] = store.load().grants
+
+    assert loaded.data == {"a": {}, "b": 1, "ops": ["Decrypt"]}
+    assert isinstance(loaded.data, dict)
+    with raw(store.path) as conn:
+        assert conn.execute("SELECT data FROM grants").fetchone() == (
+            '{"a":{},"b":1,"ops":["Decrypt"]}',
+        )
+
+
+def test_load_orders_grants_by_key_creation_time_and_id(store):
+    for key_id in ("b", "a"):
+        store.create_key(key(key_id), None)
+    for grant_id, key_id, created_at in [
+        ("g5", "b", 1.0),
+        ("g4", "a", 3.0),
+        ("g3", "a", 2.0),
+        ("g2", "a", 2.0),
+        ("g1", "b", 0.0),
+    ]:
+        store.put_grant(grant(grant_id, key_id, created_at=created_at))
+
+    grants = store.load().grants
+
+    assert [(g.key_id, g.grant_id) for g in grants] == [
+        ("a", "g2"),
+        ("a", "g3"),
+        ("a", "g4"),
+        ("b", "g1"),
+        ("b", "g5"),
+    ]
+
+
+def test_put_grant_twice_conflicts_and_changes_nothing(store):
+    for key_id in ("k", "other"):
+        store.create_key(key(key_id), None)
+    store.put_grant(grant("g", "k"))
+
+    # The id is unique across keys, not only within one.
+    for again in (grant("g", "k", data={}), grant("g", "other")):
+        with pytest.raises(StoreConflictError, match="grant 'g' already exists"):
+            store.put_grant(again)
+
+    assert store.load().grants == [grant("g", "k")]
+
+
+def test_put_grant_on_an_unknown_key(store):
+    with pytest.raises(StoreNotFoundError, match="key 'ghost' does not exist"):
+        store.put_grant(grant("g", "ghost"))
+    assert store.load().grants == []
+
+
+def test_delete_grant(store):
+    store.create_key(key("k"), material("k"))
+    for grant_id in ("g1", "g2"):
+        store.put_grant(grant(grant_id, "k"))
+
+    store.delete_grant("g1")
+
+    snap = _reopen(store)
+    assert snap.grants == [grant("g2", "k")]
+    assert [k.key_id for k in snap.keys] == ["k"]
+
+
+def test_delete_an_unknown_grant(store):
+    store.create_key(key("k"), None)
+    store.put_grant(grant("g", "k"))
+    store.delete_grant("g")
+
+    for grant_id in ("g", "never"):
+        with pytest.raises(StoreNotFoundError, match=f"grant {grant_id!r}"):
+            store.delete_grant(grant_id)
+
+
 # --- validation ------------------------------------------------------------------
 
 
@@ -394,13 +508,50 @@ def test_malformed_partitions_are_refused(store, bad):
         store.put_partition(bad)
 
 
-def test_malformed_alias_and_key_id_arguments_are_refused(store):
+def test_malformed_alias_key_id_and_grant_id_arguments_are_refused(store):
     with pytest.raises(ValidationError):
         store.put_alias(alias("alias/a", "k", updated_at=math.nan))
     with pytest.raises(ValidationError):
         store.delete_key(7)  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         store.delete_alias(ACCOUNT, REGION, None)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        store.delete_grant(b"g")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"grant_id": ""}, id="empty-id"),
+        pytest.param({"grant_id": "g" * 129}, id="long-id"),
+        pytest.param({"grant_id": 7}, id="int-id"),
+        pytest.param({"grant_id": "\ud800"}, id="lone-surrogate-id"),
+        pytest.param({"key_id": None}, id="none-key-id"),
+        pytest.param({"account": 111122223333}, id="int-account"),
+        pytest.param({"created_at": math.nan}, id="nan-time"),
+        pytest.param({"created_at": -math.inf}, id="inf-time"),
+        pytest.param({"created_at": False}, id="bool-time"),
+        pytest.param({"created_at": "1.0"}, id="text-time"),
+        pytest.param({"data": ["not", "a", "mapping"]}, id="list-data"),
+        pytest.param({"data": None}, id="none-data"),
+        pytest.param({"data": {1: "int key"}}, id="int-data-key"),
+        pytest.param({"data": {"ops": {"Decrypt"}}}, id="set-in-data"),
+        pytest.param({"data": {"nan": math.nan}}, id="nan-in-data"),
+        pytest.param({"data": {"bytes": b"x"}}, id="bytes-in-data"),
+    ],
+)
+def test_malformed_grants_are_refused_before_anything_is_written(store, change):
+    store.create_key(key("k"), None)
+    with pytest.raises(ValidationError):
+        store.put_grant(replace(grant("g", "k"), **change))
+    assert store.load().grants == []
+
+
+def test_grant_ids_of_one_and_of_128_characters_are_accepted(store):
+    store.create_key(key("k"), None)
+    for grant_id in ("g", "é" * 128):
+        store.put_grant(grant(grant_id, "k"))
+    assert len(_reopen(store).grants) == 2
 
 
 def test_error_messages_never_carry_wrapped_bytes(store):
@@ -448,6 +599,7 @@ def test_concurrent_writers_from_many_threads(store):
                 key_id = f"{prefix}-{i:02}"
                 store.create_key(key(key_id), material(key_id))
                 store.put_alias(alias(f"alias/{prefix}", key_id))
+                store.put_grant(grant(f"grant-{key_id}", key_id))
         except BaseException as exc:  # the test thread reports it
             errors.append(exc)
 
@@ -461,6 +613,7 @@ def test_concurrent_writers_from_many_threads(store):
     snap = store.load()
     assert len(snap.keys) == 60
     assert len(snap.materials) == 60
+    assert len(snap.grants) == 60
     assert {a.key_id for a in snap.aliases} == {f"t{n}-14" for n in range(4)}
     assert store.integrity_check() == []
 
@@ -478,6 +631,8 @@ def test_closed_store_refuses_every_call(store):
         lambda: store.delete_key("k"),
         lambda: store.put_alias(alias("alias/a", "k")),
         lambda: store.delete_alias(ACCOUNT, REGION, "alias/a"),
+        lambda: store.put_grant(grant("g", "k")),
+        lambda: store.delete_grant("g"),
     ]
     for call in calls:
         with pytest.raises(StoreError, match="closed"):
@@ -491,6 +646,7 @@ def test_integrity_check_of_a_healthy_store(store):
     k = key()
     store.create_key(k, material(k.key_id))
     store.put_alias(alias("alias/a", k.key_id))
+    store.put_grant(grant("g", k.key_id))
     assert store.integrity_check() == []
 
 
@@ -533,6 +689,28 @@ def test_integrity_check_finds_planted_problems(store):
     ]
 
 
+def test_integrity_check_finds_planted_grant_problems(store):
+    store.create_key(key("k"), material("k"))
+    store.put_grant(grant("healthy", "k"))
+    with raw(store.path) as conn:
+        plant = "INSERT INTO grants VALUES (?, ?, ?, 1.0, ?)"
+        conn.execute(plant, ("orphan", "gone", ACCOUNT, "{}"))
+        conn.execute(plant, ("garbled", "k", ACCOUNT, "{not json"))
+        conn.execute(plant, ("listed", "k", ACCOUNT, "[1, 2]"))
+        conn.execute(plant, ("", "k", ACCOUNT, "{}"))
+        conn.execute(plant, ("x" * 129, "k", ACCOUNT, "{}"))
+
+    problems = store.integrity_check()
+
+    assert problems == [
+        "grant 'orphan' is on missing key 'gone'",
+        "grant id '' is 0 characters long, not 1 to 128",
+        "the data of grant 'garbled' is not valid JSON",
+        "the data of grant 'listed' is not a JSON object",
+        f"grant id {'x' * 128!r} is 129 characters long, not 1 to 128",
+    ]
+
+
 def test_integrity_check_reports_what_sqlite_finds(store):
     store.create_key(key("k"), material("k"))
     # Drop an index entry behind SQLite's back: the table and its index disagree.
@@ -560,6 +738,14 @@ def test_load_refuses_a_malformed_record(store):
         store.load()
 
 
+def test_load_refuses_a_malformed_grant(store):
+    store.create_key(key("k"), material("k"))
+    with raw(store.path) as conn:
+        conn.execute("INSERT INTO grants VALUES ('g', 'k', ?, 1.0, 'null')", (ACCOUNT,))
+    with pytest.raises(StoreError, match="data of grant 'g' is not a JSON object"):
+        store.load()
+
+
 # --- backup ----------------------------------------------------------------------
 
 
@@ -567,6 +753,9 @@ def test_backup_loads_to_the_same_snapshot(store, tmp_path):
     for key_id in ("a", "b"):
         store.create_key(key(key_id), material(key_id))
     store.put_alias(alias("alias/a", "a"))
+    grants = [grant("g1", "a"), grant("g2", "b", data={"operations": ["Sign"]})]
+    for record in grants:
+        store.put_grant(record)
     target = tmp_path / "backups" / "one.db"
 
     store.backup(target)
@@ -576,8 +765,12 @@ def test_backup_loads_to_the_same_snapshot(store, tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["one.db"]
     with SQLiteStore(target) as copy:
         assert copy.load() == store.load()
+        assert copy.load().grants == grants
         assert copy.integrity_check() == []
     store.create_key(key("c"), None)  # the original goes on working
+    store.delete_grant("g1")
+    with SQLiteStore(target) as copy:
+        assert copy.load().grants == grants  # the copy does not follow
 
 
 def test_backup_refuses_an_existing_file(store, tmp_path):
@@ -640,6 +833,93 @@ def test_every_schema_version_has_its_migration():
     assert len(_sqlite._MIGRATIONS) == SCHEMA_VERSION
 
 
+def _create_at_version(path: Path, version: int) -> None:
+    """Create the database that the code of schema ``version`` would have created."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    with raw(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN")
+        for steps in _sqlite._MIGRATIONS[:version]:
+            for statement in steps:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+
+
+def _tables(path: Path) -> set[str]:
+    with raw(path) as conn:
+        return {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table'"
+            )
+        }
+
+
+def test_a_version_1_database_gains_grants_and_keeps_every_record(db_path):
+    # Version 1 is the last schema without grants; its file is built from its own
+    # migration steps and filled with rows as the version 1 code wrote them.
+    _create_at_version(db_path, 1)
+    k, m, a = key("k"), material("k"), alias("alias/a", "k")
+    with raw(db_path) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(_sqlite._INSERT_PARTITION, _sqlite._partition_row(partition()))
+        conn.execute(_sqlite._INSERT_KEY, _sqlite._key_row(k))
+        conn.execute(_sqlite._INSERT_MATERIAL, _sqlite._material_row(m))
+        conn.execute(_sqlite._UPSERT_ALIAS, _sqlite._alias_row(a))
+    assert "grants" not in _tables(db_path)
+
+    with SQLiteStore(db_path) as store:
+        assert store._conn.execute("PRAGMA user_version").fetchone() == (
+            SCHEMA_VERSION,
+        )
+        assert store.load() == Snapshot([partition()], [k], [m], [a], [])
+        assert store.integrity_check() == []
+        store.put_grant(grant("g", "k"))
+
+    with SQLiteStore(db_path) as store:
+        assert store.load() == Snapshot([partition()], [k], [m], [a], [grant("g", "k")])
+        # The migrated table cascades like one created fresh.
+        store.delete_key("k")
+        assert store.load() == Snapshot([partition()], [], [], [], [])
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+def test_every_older_schema_migrates_to_that_of_a_new_database(tmp_path, version):
+    def schema(path: Path) -> list[tuple[str, ...]]:
+        with raw(path) as conn:
+            return sorted(
+                conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema")
+            )
+
+    old, new = tmp_path / "old" / "keyplane.db", tmp_path / "new" / "keyplane.db"
+    _create_at_version(old, version)
+
+    SQLiteStore(old).close()
+    SQLiteStore(new).close()
+
+    assert schema(old) == schema(new)
+
+
+def test_a_failed_migration_changes_nothing(db_path):
+    _create_at_version(db_path, 1)
+    with raw(db_path) as conn:
+        conn.execute(_sqlite._INSERT_PARTITION, _sqlite._partition_row(partition()))
+        # Taking the name of the migration's second statement makes it fail after
+        # its first one created the grants table.
+        conn.execute("CREATE INDEX grants_by_key ON keys (state)")
+
+    with pytest.raises(StoreError, match="could not migrate the schema"):
+        SQLiteStore(db_path)
+
+    assert "grants" not in _tables(db_path)
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        conn.execute("DROP INDEX grants_by_key")
+    with SQLiteStore(db_path) as store:
+        assert store.load() == Snapshot([partition()], [], [], [], [])
+
+
 def test_a_newer_schema_is_refused_untouched(db_path):
     db_path.parent.mkdir()
     with raw(db_path) as conn:
@@ -665,7 +945,8 @@ def test_an_empty_file_becomes_a_store(db_path):
     db_path.parent.mkdir()
     db_path.touch(mode=0o600)
     with SQLiteStore(db_path) as store:
-        assert store.load() == Snapshot([], [], [], [])
+        assert store.load() == Snapshot([], [], [], [], [])
+        assert store.load() == Snapshot([], [], [], [])  # grants default to none
 
 
 def test_reopening_keeps_the_schema_and_data(store):
