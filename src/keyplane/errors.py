@@ -160,3 +160,24 @@ class UnrecognizedClientError(AuthenticationError):
 
 class InvalidSignatureError(AuthenticationError):
     """The signature does not match, or the request's date is too far from now."""
+
+
+# --- authorization --------------------------------------------------------------------
+
+
+class AccessDeniedError(KeyplaneError):
+    """The caller is authenticated, but no policy or grant allows the request (or one
+    explicitly denies it)."""
+
+
+class MalformedPolicyDocumentError(KeyplaneError):
+    """A key or identity policy that is not valid JSON or not a valid policy, or one
+    that would lock its author out of the key."""
+
+
+class InvalidGrantTokenError(KeyplaneError):
+    """A grant token that this service did not issue, or that is malformed."""
+
+
+class InvalidGrantIdError(KeyplaneError):
+    """A grant id that names no grant of the key."""

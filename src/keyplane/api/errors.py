@@ -35,6 +35,10 @@ AWS_ERRORS: Final[Mapping[type[e.KeyplaneError], tuple[str, int]]] = {
     e.IncompleteSignatureError: ("IncompleteSignatureException", 400),
     e.UnrecognizedClientError: ("UnrecognizedClientException", 400),
     e.InvalidSignatureError: ("InvalidSignatureException", 400),
+    e.AccessDeniedError: ("AccessDeniedException", 400),
+    e.MalformedPolicyDocumentError: ("MalformedPolicyDocumentException", 400),
+    e.InvalidGrantTokenError: ("InvalidGrantTokenException", 400),
+    e.InvalidGrantIdError: ("InvalidGrantIdException", 400),
     # The HSM lost a slot the service still names: a server fault, retryable.
     e.KeyUnavailableError: ("KeyUnavailableException", 500),
 }
