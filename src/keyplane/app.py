@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from keyplane import identities
 from keyplane.api.access_log import AccessLog
-from keyplane.api.server import Api, Identity, Server
-from keyplane.config import Config
+from keyplane.api.server import Api, Authentication, Server
+from keyplane.api.sigv4 import Verifier
+from keyplane.config import AccountConfig, Config
 from keyplane.hsm import Hsm
 from keyplane.kms import KmsService
 from keyplane.storage import SQLiteStore, load_root_key
@@ -30,6 +32,7 @@ class Running:
     """A started service, for tests and for ``serve``."""
 
     config: Config
+    identities: identities.Identities
     service: KmsService
     server: Server
     port: int
@@ -52,26 +55,34 @@ async def start(config: Config, clock: Callable[[], float] = time.time) -> Runni
         RootKeyError: no usable root key.
         StoreError: the store cannot be opened.
         InvalidCiphertextError: the store was written under another root key.
+        ValidationError: a configured identity policy is not a valid policy.
     """
+    known = identities.for_config(config)
     root_key = load_root_key(config.root_key_file, create=True)
     hsm = Hsm(root_key)  # takes the key and zeroes this copy
     store = SQLiteStore(config.database)
     loop = asyncio.get_running_loop()
-    service = KmsService(hsm, store, clock, config.region, loop)
+    auth_on = config.auth != "off"
+    service = KmsService(hsm, store, clock, config.region, loop, authorize=auth_on)
+    service.callers = known.callers
     try:
         service.restore(store.load())
     except BaseException:
         store.close()
         hsm.close()
         raise
-    identity = Identity(
-        config.account, config.region, f"arn:aws:iam::{config.account}:root"
+    verifier = (
+        Verifier(known.credentials, region=config.region, clock=clock)
+        if auth_on
+        else None
     )
+    anonymous = identities.build((AccountConfig(config.account),)).root(config.account)
+    auth = Authentication(verifier, known.callers, anonymous)
     access_log = AccessLog() if config.access_log and _access_wanted() else None
-    server = Server(Api(service, identity, access_log))
+    server = Server(Api(service, auth, access_log))
     port = await server.start(config.host, config.port)
     sweeper = asyncio.ensure_future(_sweep(service))
-    return Running(config, service, server, port, sweeper)
+    return Running(config, known, service, server, port, sweeper)
 
 
 def _access_wanted() -> bool:

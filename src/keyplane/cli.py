@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keyplane import config as config_mod
+from keyplane.config import Config
 from keyplane.errors import KeyplaneError
 
 EPILOG = """\
@@ -17,6 +18,11 @@ settings come from the TOML file, then environment variables, then these flags:
   [store]   data_dir                   KEYPLANE_DATA_DIR
   [service] account, region            KEYPLANE_ACCOUNT, KEYPLANE_REGION
   [logging] level, access_log          KEYPLANE_LOG_LEVEL, KEYPLANE_ACCESS_LOG
+  [auth]    mode ("sigv4" or "off")    KEYPLANE_AUTH
+  [[accounts]] id, root_access_keys, [[accounts.principals]] (see docs/identities.md)
+with no [[accounts]], keyplane runs in development mode: one account with an IAM user
+"admin" allowed kms:*, whose access key is kept in <data_dir>/credentials (mode 0600,
+AWS shared-credentials format, profile "keyplane") and printed at start.
 the root key is read from KEYPLANE_ROOT_KEY (base64 of 32 bytes) or from
 <data_dir>/root.key, which is created with mode 0600 on first start.
 """
@@ -47,7 +53,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--account", help="the 12-digit account requests act as")
     serve.add_argument("--region", help="the region the service answers for")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument(
+        "--auth",
+        choices=("sigv4", "off"),
+        help="sigv4 (the default) checks every request's signature; off is for "
+        "tests and benchmarks that measure what that costs",
+    )
+    serve.add_argument(
+        "--write-aws-profile",
+        metavar="NAME",
+        help="in development mode, also write the admin access key into the AWS "
+        "CLI's credentials file as profile NAME",
+    )
+    explain = commands.add_parser(
+        "explain",
+        help="ask a running server whether a principal may do an action, and why",
+        description="Ask a running keyplane which key policy statement, identity "
+        "policy statement or grant allows or denies a request, without making it. "
+        "Signs with the AWS credentials the AWS CLI would use (--profile, the "
+        "environment, ~/.aws/credentials). Exit status 0 when allowed, 3 when denied.",
+    )
+    explain.add_argument("--endpoint", default="http://127.0.0.1:4599")
+    explain.add_argument("--region", default=config_mod.DEFAULT_REGION)
+    explain.add_argument("--profile", help="the AWS credentials profile to sign with")
+    explain.add_argument("--action", required=True, help="e.g. kms:Encrypt")
+    explain.add_argument("--key", help="key id, key ARN, alias name or alias ARN")
+    explain.add_argument("--principal", help="the principal ARN (default: yourself)")
+    explain.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an encryption context pair (repeatable)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "explain":
+        return _explain(args)
 
     try:
         config = config_mod.load(
@@ -58,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             account=args.account,
             region=args.region,
             log_level=args.log_level,
+            auth=args.auth,
         )
     except KeyplaneError as exc:
         print(f"keyplane: {exc}", file=sys.stderr)
@@ -78,11 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{config.region}, data in {config.data_dir})",
             flush=True,
         )
-        print(
-            f"try: aws kms create-key --endpoint-url {endpoint} --region "
-            f"{config.region}",
-            flush=True,
-        )
+        for line in _welcome(config, endpoint, args.write_aws_profile):
+            print(line, flush=True)
 
     try:
         app.run(config, ready)
@@ -90,6 +129,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keyplane: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    import botocore.session
+
+    from keyplane.client import BatchClient, BatchRequestError
+
+    context = dict(pair.split("=", 1) for pair in args.context if "=" in pair)
+    credentials = botocore.session.Session(profile=args.profile).get_credentials()
+    try:
+        with BatchClient(
+            args.endpoint, region=args.region, credentials=credentials
+        ) as client:
+            answer = client.explain_access(
+                args.action,
+                key_id=args.key,
+                principal=args.principal,
+                encryption_context=context or None,
+            )
+    except (BatchRequestError, OSError, ValueError) as exc:
+        print(f"keyplane: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0 if answer["Allowed"] else 3
+
+
+def _welcome(config: Config, endpoint: str, profile: str | None) -> list[str]:
+    """What a developer needs to make a first signed request."""
+    if config.auth == "off":
+        return [
+            "WARNING: authentication is off: anyone who can reach the port can use "
+            "every key",
+            f"try: aws kms create-key --endpoint-url {endpoint} "
+            f"--region {config.region}",
+        ]
+    if config.accounts:
+        return [
+            f"try: aws kms create-key --endpoint-url {endpoint} --region "
+            f"{config.region} (with a configured access key)"
+        ]
+    from keyplane import identities
+
+    key = identities.load_or_create_credentials(config.data_dir / "credentials")
+    lines = [
+        f"admin user: arn:aws:iam::{config.account}:user/{identities.ADMIN_NAME}",
+        f"  access key id:     {key.id}",
+        f"  secret access key: {key.secret}",
+        f"  (kept in {config.data_dir / 'credentials'}, profile {identities.PROFILE})",
+    ]
+    if profile:
+        path = identities.write_aws_profile(profile, key)
+        lines.append(f"  written to {path} as profile {profile}")
+        lines.append(
+            f"try: aws kms create-key --profile {profile} --endpoint-url {endpoint} "
+            f"--region {config.region}"
+        )
+    else:
+        lines.append(
+            f"try: AWS_SHARED_CREDENTIALS_FILE={config.data_dir / 'credentials'} "
+            f"aws kms create-key --profile {identities.PROFILE} --endpoint-url "
+            f"{endpoint} --region {config.region}"
+        )
+    return lines
 
 
 if __name__ == "__main__":

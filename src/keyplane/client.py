@@ -6,8 +6,9 @@
 
 Each call sends one request and returns one result per item, in order: a dict of the
 members the single-item KMS operation returns, or a ``BatchItemError``. It keeps one
-HTTP/1.1 connection alive. (It does not sign requests; keyplane does not ask for
-signatures yet.)
+HTTP/1.1 connection alive, and signs every request with SigV4 using the credentials
+given, or else those the AWS SDKs would find (environment, shared credentials file,
+profile).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
+
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,23 @@ class BatchRequestError(Exception):
 
 
 class BatchClient:
-    def __init__(self, endpoint: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        region: str = "us-east-1",
+        credentials: Credentials | None = None,
+        timeout: float = 60.0,
+    ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"an http:// endpoint, not {endpoint!r}")
+        if credentials is None:
+            credentials = botocore.session.Session().get_credentials()
+        if credentials is None:
+            raise ValueError("no AWS credentials given or found")
+        self._url = f"http://{parts.netloc}/"
+        self._signer = SigV4Auth(credentials, "kms", region)
         self._connection = http.client.HTTPConnection(
             parts.hostname, parts.port or 80, timeout=timeout
         )
@@ -110,25 +129,50 @@ class BatchClient:
         ]
         return self._call("Decrypt", items)
 
-    def _call(
-        self, operation: str, items: list[dict[str, Any]]
-    ) -> list[dict[str, Any] | BatchItemError]:
-        body = json.dumps({"Items": items}).encode()
-        self._connection.request(
-            "POST",
-            "/",
-            body=body,
+    def explain_access(
+        self,
+        action: str,
+        *,
+        key_id: str | None = None,
+        principal: str | None = None,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Whether ``principal`` (default: the signer) may do ``action`` on the key,
+        and which statement or grant decides it (keyplane's ExplainAccess)."""
+        payload: dict[str, Any] = {"Action": action}
+        if key_id is not None:
+            payload["KeyId"] = key_id
+        if principal is not None:
+            payload["Principal"] = principal
+        if encryption_context is not None:
+            payload["EncryptionContext"] = dict(encryption_context)
+        return self._post("ExplainAccess", payload)
+
+    def _post(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(payload).encode()
+        request = AWSRequest(
+            method="POST",
+            url=self._url,
+            data=body,
             headers={
                 "X-Amz-Target": f"KeyplaneService.{operation}",
                 "Content-Type": "application/x-amz-json-1.1",
             },
         )
+        self._signer.add_auth(request)
+        self._connection.request("POST", "/", body=body, headers=dict(request.headers))
         response = self._connection.getresponse()
-        payload = json.loads(response.read() or b"{}")
+        answer: dict[str, Any] = json.loads(response.read() or b"{}")
         if response.status != 200:
             raise BatchRequestError(
-                response.status, payload.get("__type", ""), payload.get("message", "")
+                response.status, answer.get("__type", ""), answer.get("message", "")
             )
+        return answer
+
+    def _call(
+        self, operation: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any] | BatchItemError]:
+        payload = self._post(operation, {"Items": items})
         results: list[dict[str, Any] | BatchItemError] = []
         for result in payload["Results"]:
             if "Error" in result:

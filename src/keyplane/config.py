@@ -7,6 +7,7 @@ explains them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -30,7 +31,48 @@ ENVIRONMENT: Final = {
     "KEYPLANE_REGION": ("service", "region"),
     "KEYPLANE_LOG_LEVEL": ("logging", "level"),
     "KEYPLANE_ACCESS_LOG": ("logging", "access_log"),
+    "KEYPLANE_AUTH": ("auth", "mode"),
 }
+
+# How requests prove who sent them. "off" exists only so tests and benchmarks can
+# measure what authentication costs: every request then acts as the service account's
+# root, which can do anything.
+AUTH_MODES: Final = ("sigv4", "off")
+
+# IAM's rules: user and role names are 1-64 of these characters; access key ids are
+# upper-case letters and digits, 16-128 of them.
+_PRINCIPAL_NAME = re.compile(r"[\w+=,.@-]{1,64}")
+_ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKey:
+    id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalConfig:
+    """An IAM user or role: its access keys and its identity policies (name, JSON)."""
+
+    account: str
+    kind: str  # "user" or "role"
+    name: str
+    access_keys: tuple[AccessKey, ...] = ()
+    policies: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account}:{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """An account, the access keys of its root user, and its users and roles."""
+
+    id: str
+    root_access_keys: tuple[AccessKey, ...] = ()
+    principals: tuple[PrincipalConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +84,10 @@ class Config:
     region: str = DEFAULT_REGION
     log_level: str = "INFO"
     access_log: bool = True
+    auth: str = "sigv4"
+    # Empty means development mode: one account (``account``) with an admin user whose
+    # access key is created on first start (see keyplane.identities).
+    accounts: tuple[AccountConfig, ...] = ()
 
     @property
     def database(self) -> Path:
@@ -77,6 +123,8 @@ def load(
         "region": _get(sections, "service", "region", str),
         "log_level": _get(sections, "logging", "level", str),
         "access_log": _get(sections, "logging", "access_log", _boolean),
+        "auth": _get(sections, "auth", "mode", str),
+        "accounts": _accounts(sections.get("accounts")),
     }
     config = replace(Config(), **{k: v for k, v in flat.items() if v is not None})
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -107,6 +155,97 @@ def _boolean(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _accounts(raw: Any) -> tuple[AccountConfig, ...] | None:
+    """``[[accounts]]`` tables: id, root_access_keys, and ``[[accounts.principals]]``
+    with type ("user" or "role"), name, access_keys and policies."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ValidationError("accounts must be an array of tables ([[accounts]])")
+    accounts = []
+    for entry in raw:
+        _only(entry, "accounts", {"id", "root_access_keys", "principals"})
+        account = str(entry.get("id", ""))
+        if not re.fullmatch(r"\d{12}", account):
+            raise ValidationError(f"accounts.id must be 12 digits, not {account!r}")
+        principals = []
+        for item in _tables(entry.get("principals", []), "accounts.principals"):
+            _only(
+                item, "accounts.principals", {"type", "name", "access_keys", "policies"}
+            )
+            kind = item.get("type", "user")
+            name = item.get("name")
+            if kind not in ("user", "role"):
+                raise ValidationError(
+                    f"accounts.principals.type must be user or role, not {kind!r}"
+                )
+            if not isinstance(name, str) or not _PRINCIPAL_NAME.fullmatch(name):
+                raise ValidationError(f"accounts.principals.name is invalid: {name!r}")
+            principals.append(
+                PrincipalConfig(
+                    account,
+                    kind,
+                    name,
+                    _access_keys(item.get("access_keys", [])),
+                    _policies(item.get("policies", [])),
+                )
+            )
+        accounts.append(
+            AccountConfig(
+                account,
+                _access_keys(entry.get("root_access_keys", [])),
+                tuple(principals),
+            )
+        )
+    return tuple(accounts)
+
+
+def _tables(raw: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ValidationError(f"{where} must be an array of tables")
+    return raw
+
+
+def _only(table: Any, where: str, allowed: set[str]) -> None:
+    if not isinstance(table, dict):
+        raise ValidationError(f"{where} must be a table")
+    unknown = set(table) - allowed
+    if unknown:
+        raise ValidationError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
+
+
+def _access_keys(raw: Any) -> tuple[AccessKey, ...]:
+    keys = []
+    for item in _tables(raw, "access_keys"):
+        _only(item, "access_keys", {"id", "secret"})
+        key_id, secret = item.get("id"), item.get("secret")
+        if not isinstance(key_id, str) or not _ACCESS_KEY_ID.fullmatch(key_id):
+            raise ValidationError(
+                f"access key id must be 16-128 upper-case letters or digits: {key_id!r}"
+            )
+        if not isinstance(secret, str) or not secret:
+            raise ValidationError(f"access key {key_id} needs a secret")
+        keys.append(AccessKey(key_id, secret))
+    return tuple(keys)
+
+
+def _policies(raw: Any) -> tuple[tuple[str, str], ...]:
+    """Identity policies as (name, JSON text); a document may be written as a TOML
+    table or as a JSON string. Their content is checked when the server starts."""
+    policies = []
+    for item in _tables(raw, "policies"):
+        _only(item, "policies", {"name", "document"})
+        name, document = item.get("name"), item.get("document")
+        if not isinstance(name, str) or not name:
+            raise ValidationError("every identity policy needs a name")
+        if isinstance(document, dict):
+            document = json.dumps(document)
+        if not isinstance(document, str):
+            raise ValidationError(f"policy {name!r} needs a document")
+        policies.append((name, document))
+    return tuple(policies)
+
+
 def _check(config: Config) -> None:
     if not re.fullmatch(r"\d{12}", config.account):
         raise ValidationError(
@@ -116,3 +255,23 @@ def _check(config: Config) -> None:
         raise ValidationError(f"service.region is not a region name: {config.region!r}")
     if not 0 <= config.port <= 65535:
         raise ValidationError(f"server.port out of range: {config.port}")
+    if config.auth not in AUTH_MODES:
+        raise ValidationError(f"auth.mode must be sigv4 or off, not {config.auth!r}")
+    seen_accounts: set[str] = set()
+    seen_keys: set[str] = set()
+    for account in config.accounts:
+        if account.id in seen_accounts:
+            raise ValidationError(f"account {account.id} is declared twice")
+        seen_accounts.add(account.id)
+        names: set[str] = set()
+        for principal in account.principals:
+            if principal.arn in names:
+                raise ValidationError(f"{principal.arn} is declared twice")
+            names.add(principal.arn)
+        every_key = [*account.root_access_keys]
+        for principal in account.principals:
+            every_key.extend(principal.access_keys)
+        for key in every_key:
+            if key.id in seen_keys:
+                raise ValidationError(f"access key {key.id} is declared twice")
+            seen_keys.add(key.id)

@@ -16,17 +16,42 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
+ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+CREDENTIALS = Credentials(ACCESS_KEY, SECRET_KEY)
 _READY = re.compile(r"listening on (http://\S+)")
+
+# The identities most tests run as: one account whose IAM user "admin" may do
+# anything in KMS, signing with AWS's documentation example key.
+ADMIN_POLICY = (
+    '{ Version = "2012-10-17", Statement = '
+    '[{ Effect = "Allow", Action = "kms:*", Resource = "*" }] }'
+)
+ADMIN_CONFIG = f"""
+[[accounts]]
+id = "{ACCOUNT}"
+
+[[accounts.principals]]
+type = "user"
+name = "admin"
+access_keys = [{{ id = "{ACCESS_KEY}", secret = "{SECRET_KEY}" }}]
+policies = [{{ name = "admin", document = {ADMIN_POLICY} }}]
+"""
 
 
 @dataclass
 class ServerProcess:
     data_dir: Path
     log_level: str = "WARNING"
+    config: str = ADMIN_CONFIG
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[str] | None = None
     endpoint: str = ""
     port: int = 0
@@ -35,6 +60,9 @@ class ServerProcess:
     def start(self, port: int = 0) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("KEYPLANE_ROOT_KEY", None)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.data_dir / "config.toml"
+        config_file.write_text(self.config)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -47,6 +75,9 @@ class ServerProcess:
                 str(self.data_dir),
                 "--log-level",
                 self.log_level,
+                "--config",
+                str(config_file),
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -90,15 +121,39 @@ class ServerProcess:
         return kms_client(self.endpoint, **config)
 
 
-def kms_client(endpoint: str, **config: Any) -> Any:
+def kms_client(
+    endpoint: str,
+    access_key: str = ACCESS_KEY,
+    secret_key: str = SECRET_KEY,
+    **config: Any,
+) -> Any:
     return boto3.client(
         "kms",
         endpoint_url=endpoint,
         region_name=REGION,
-        aws_access_key_id="AKIAIOSFODNN7EXAMPLE",
-        aws_secret_access_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
         config=Config(retries={"max_attempts": 1}, **config),
     )
+
+
+def signed_headers(
+    body: bytes,
+    target: str | None,
+    host: str = "x",
+    access_key: str = ACCESS_KEY,
+    secret_key: str = SECRET_KEY,
+) -> dict[str, str]:
+    """The headers botocore's own SigV4 signer gives a KMS request, for tests that
+    write HTTP by hand."""
+    headers = {"Content-Type": "application/x-amz-json-1.1"}
+    if target is not None:
+        headers["X-Amz-Target"] = target
+    request = AWSRequest(
+        method="POST", url=f"http://{host}/", data=body, headers=headers
+    )
+    SigV4Auth(Credentials(access_key, secret_key), "kms", REGION).add_auth(request)
+    return dict(request.headers.items())
 
 
 @pytest.fixture(scope="module")

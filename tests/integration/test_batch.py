@@ -8,11 +8,12 @@ import uuid
 import pytest
 
 from keyplane.client import BatchClient, BatchItemError, BatchRequestError
+from tests.integration.conftest import CREDENTIALS
 
 
 @pytest.fixture
 def batch(server):
-    with BatchClient(server.endpoint) as client:
+    with BatchClient(server.endpoint, credentials=CREDENTIALS) as client:
         yield client
 
 

@@ -6,11 +6,14 @@ import base64
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, ServerProcess
 
 AWS = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
 pytestmark = pytest.mark.skipif(AWS is None, reason="the AWS CLI is a test dependency")
@@ -19,8 +22,8 @@ pytestmark = pytest.mark.skipif(AWS is None, reason="the AWS CLI is a test depen
 def aws(server, *args: str) -> dict:
     env = {
         **os.environ,
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_MAX_ATTEMPTS": "1",
     }
@@ -51,3 +54,50 @@ def test_cli_round_trip(server, tmp_path):
     assert base64.b64decode(out["Plaintext"]) == b"hello from the cli"
     listed = aws(server, "list-keys")["Keys"]
     assert key_id in {k["KeyId"] for k in listed}
+
+
+def test_development_mode_admin_credentials(tmp_path):
+    """With no accounts configured, the server makes an admin access key, keeps it
+    private in the data directory, prints it, and the AWS CLI can use that file."""
+    server = ServerProcess(tmp_path / "dev", config="")
+    server.start()
+    try:
+        credentials = server.data_dir / "credentials"
+        assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+        env = {
+            **os.environ,
+            "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_MAX_ATTEMPTS": "1",
+        }
+        env.pop("AWS_ACCESS_KEY_ID", None)
+        env.pop("AWS_SECRET_ACCESS_KEY", None)
+        out = subprocess.run(
+            [
+                AWS,
+                "kms",
+                "create-key",
+                "--profile",
+                "keyplane",
+                "--endpoint-url",
+                server.endpoint,
+                "--output",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["KeyMetadata"]["Arn"].startswith(
+            "arn:aws:kms:us-east-1:111122223333:key/"
+        )
+        key_id = credentials.read_text().split("aws_access_key_id = ")[1].split()[0]
+        server.restart()
+    finally:
+        server.stop()
+    # Printed at start, and the same key after a restart.
+    assert f"access key id:     {key_id}" in server.output
+    assert key_id in credentials.read_text()

@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.integration.conftest import signed_headers
 from tests.integration.test_keys import error_of
 
 CONTEXT = {"purpose": "test", "tenant": "t-1"}
@@ -138,10 +139,9 @@ def test_blob_is_base64_on_the_wire(server, key_id):
         server.endpoint,
         data=body,
         method="POST",
-        headers={
-            "X-Amz-Target": "TrentService.Encrypt",
-            "Content-Type": "application/x-amz-json-1.1",
-        },
+        headers=signed_headers(
+            body, "TrentService.Encrypt", host=server.endpoint.split("//", 1)[1]
+        ),
     )
     with urllib.request.urlopen(request) as response:
         assert response.headers["Content-Type"] == "application/x-amz-json-1.1"

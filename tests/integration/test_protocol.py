@@ -8,6 +8,8 @@ import socket
 
 import pytest
 
+from tests.integration.conftest import signed_headers
+
 
 def raw(server, data: bytes, *, read_until_close: bool = False) -> bytes:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -36,10 +38,19 @@ def _complete(data: bytes) -> bool:
     return True
 
 
-def post(target: str | None, body: bytes, extra: bytes = b"") -> bytes:
-    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
-    if target is not None:
-        head += b"X-Amz-Target: " + target.encode() + b"\r\n"
+def post(
+    target: str | None, body: bytes, extra: bytes = b"", *, signed: bool = True
+) -> bytes:
+    """A KMS request written by hand, signed as botocore signs (unless not)."""
+    head = b"POST / HTTP/1.1\r\nHost: x\r\n"
+    if signed:
+        headers = signed_headers(body, target)
+    else:
+        headers = {"Content-Type": "application/x-amz-json-1.1"}
+        if target is not None:
+            headers["X-Amz-Target"] = target
+    for name, value in headers.items():
+        head += f"{name}: {value}\r\n".encode()
     return head + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 

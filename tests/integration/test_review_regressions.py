@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from keyplane.client import BatchClient, BatchItemError
+from tests.integration.conftest import CREDENTIALS
 from tests.integration.test_protocol import _bodies, post
 
 
@@ -42,8 +43,9 @@ def test_nothing_runs_behind_a_closing_request(server, kms):
 
 def test_expect_100_continue(server):
     body = json.dumps({"NumberOfBytes": 16}).encode()
-    head = post("TrentService.GenerateRandom", b"", b"Expect: 100-continue\r\n")
-    head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
+    # The body is signed, but sent only after the interim answer.
+    request = post("TrentService.GenerateRandom", body, b"Expect: 100-continue\r\n")
+    head = request[: -len(body)]
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head)
         assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
@@ -68,7 +70,7 @@ def test_batch_decrypt_names_the_wrong_key_like_decrypt(server, kms, key_id):
     other = kms.create_key()["KeyMetadata"]["KeyId"]
     kms.disable_key(KeyId=other)
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
-    with BatchClient(server.endpoint) as client:
+    with BatchClient(server.endpoint, credentials=CREDENTIALS) as client:
         [result] = client._call(
             "Decrypt",
             [

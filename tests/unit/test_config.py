@@ -52,3 +52,72 @@ def test_unreadable_file(tmp_path):
         config.load(bad, environ={})
     with pytest.raises(ValidationError):
         config.load(tmp_path / "missing.toml", environ={})
+
+
+ACCOUNTS = """
+[auth]
+mode = "sigv4"
+
+[[accounts]]
+id = "111122223333"
+root_access_keys = [{ id = "AKIAROOTROOTROOTROOT", secret = "r" }]
+
+[[accounts.principals]]
+type = "role"
+name = "app"
+access_keys = [{ id = "AKIAAPPAPPAPPAPPAPP1", secret = "s" }]
+policies = [
+  { name = "table", document = { Version = "2012-10-17", Statement = [] } },
+  { name = "text", document = '{"Version": "2012-10-17", "Statement": []}' },
+]
+"""
+
+
+def test_accounts_and_principals(tmp_path):
+    path = tmp_path / "keyplane.toml"
+    path.write_text(ACCOUNTS)
+    c = config.load(path, environ={})
+    (account,) = c.accounts
+    assert account.id == "111122223333"
+    assert [k.id for k in account.root_access_keys] == ["AKIAROOTROOTROOTROOT"]
+    (app,) = account.principals
+    assert app.arn == "arn:aws:iam::111122223333:role/app"
+    assert [name for name, _ in app.policies] == ["table", "text"]
+    # A TOML table and a JSON string describe the same document.
+    import json
+
+    assert json.loads(app.policies[0][1]) == json.loads(app.policies[1][1])
+    assert "secret" not in repr(app.access_keys[0]).lower().replace("access_keys", "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[[accounts]]\nid = "12"\n',
+        '[[accounts]]\nid = "111122223333"\ncolour = "red"\n',
+        '[[accounts]]\nid = "111122223333"\n[[accounts.principals]]\ntype = "group"\n'
+        'name = "x"\n',
+        '[[accounts]]\nid = "111122223333"\n[[accounts.principals]]\nname = "a b"\n',
+        '[[accounts]]\nid = "111122223333"\nroot_access_keys = [{ id = "short", '
+        'secret = "s" }]\n',
+        '[[accounts]]\nid = "111122223333"\nroot_access_keys = [{ id = '
+        '"AKIAROOTROOTROOTROOT", secret = "" }]\n',
+        '[[accounts]]\nid = "111122223333"\n[[accounts]]\nid = "111122223333"\n',
+        '[[accounts]]\nid = "111122223333"\nroot_access_keys = [{ id = '
+        '"AKIAROOTROOTROOTROOT", secret = "a" }, { id = "AKIAROOTROOTROOTROOT", '
+        'secret = "b" }]\n',
+        '[[accounts]]\nid = "111122223333"\n[[accounts.principals]]\nname = "a"\n'
+        'policies = [{ name = "p" }]\n',
+        '[auth]\nmode = "maybe"\n',
+    ],
+)
+def test_bad_accounts(tmp_path, text):
+    path = tmp_path / "keyplane.toml"
+    path.write_text(text)
+    with pytest.raises(ValidationError):
+        config.load(path, environ={})
+
+
+def test_auth_from_environment():
+    assert config.load(None, environ={}).auth == "sigv4"
+    assert config.load(None, environ={"KEYPLANE_AUTH": "off"}).auth == "off"

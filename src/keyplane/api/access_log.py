@@ -5,9 +5,10 @@ a locked write and a flush): a third of a small request's whole cost. Here a lin
 one f-string, the timestamp is formatted once per second, and lines are written
 together every ``FLUSH_SECONDS`` (and at shutdown), so an access line may reach its
 stream up to that long after the response. Lines keep the shape of the other log
-lines: ``<time> INFO keyplane.access op=... key=... status=... ms=... request_id=...``.
-They never carry plaintexts, data keys or key material: only the operation, the key's
-id or ARN, the status, the latency and the request id.
+lines: ``<time> INFO keyplane.access op=... key=... principal=... status=... ms=...
+request_id=...``. They never carry plaintexts, data keys or key material: only the
+operation, the key's id or ARN, the signer's ARN, the status, the latency and the
+request id.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class AccessLog:
         status: int,
         started: float,
         request_id: str,
+        principal: str | None = None,
     ) -> None:
         now = time.time()
         second = int(now)
@@ -49,7 +51,8 @@ class AccessLog:
         elapsed = (time.perf_counter() - started) * 1000
         self._lines.append(
             f"{self._stamp},{millis:03d} INFO keyplane.access op={operation} "
-            f"key={key_id or '-'} status={status} ms={elapsed:.3f} "
+            f"key={key_id or '-'} principal={principal or '-'} status={status} "
+            f"ms={elapsed:.3f} "
             f"request_id={request_id}\n"
         )
         if len(self._lines) >= MAX_PENDING_LINES:

@@ -63,7 +63,7 @@ def _key_id(
     return value
 
 
-def _context(item: Mapping[str, Any]) -> dict[str, str] | None:
+def context_member(item: Mapping[str, Any]) -> dict[str, str] | None:
     value = item.get("EncryptionContext")
     if value is None:
         return None
@@ -136,14 +136,14 @@ def _parse_encrypt(item: Mapping[str, Any]) -> batch.EncryptItem:
     return batch.EncryptItem(
         _key_id(item) or "",
         _unb64(item.get("Plaintext"), "Plaintext", 4096),
-        _context(item),
+        context_member(item),
     )
 
 
 def _parse_decrypt(item: Mapping[str, Any]) -> batch.DecryptItem:
     return batch.DecryptItem(
         _unb64(item.get("CiphertextBlob"), "CiphertextBlob", MAX_BLOB),
-        _context(item),
+        context_member(item),
         _key_id(item, required=False),
     )
 
@@ -155,7 +155,7 @@ def _parse_data_key(item: Mapping[str, Any]) -> batch.DataKeyItem:
     spec = item.get("KeySpec")
     if spec is not None and spec not in DATA_KEY_SPECS:
         raise ValidationError(f"KeySpec must be one of {', '.join(DATA_KEY_SPECS)}")
-    return batch.DataKeyItem(_key_id(item) or "", number, spec, _context(item))
+    return batch.DataKeyItem(_key_id(item) or "", number, spec, context_member(item))
 
 
 def _respond(

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from keyplane.errors import UnsupportedOperationError
-from keyplane.kms import KeyState, KmsKey, KmsService, RequestContext
-from keyplane.kms.ops import aliases, crypto, keys, tags
+from keyplane.kms import KeyGrant, KeyState, KmsKey, KmsService, RequestContext
+from keyplane.kms.ops import aliases, crypto, grants, keys, policies, tags
 
 Params = Mapping[str, Any]
 Result = dict[str, Any]
@@ -79,6 +79,9 @@ async def create_key(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
         tags=_tags(p.get("Tags")),
         custom_key_store_id=p.get("CustomKeyStoreId"),
         multi_region=bool(p.get("MultiRegion", False)),
+        bypass_policy_lockout_safety_check=bool(
+            p.get("BypassPolicyLockoutSafetyCheck", False)
+        ),
     )
     return {"KeyMetadata": key_metadata(key)}
 
@@ -251,7 +254,9 @@ async def re_encrypt(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
     }
 
 
-async def _data_key(svc: KmsService, ctx: RequestContext, p: Params) -> crypto.DataKey:
+async def _data_key(
+    svc: KmsService, ctx: RequestContext, p: Params, action: str
+) -> crypto.DataKey:
     _no_recipient(p)
     return await crypto.generate_data_key(
         svc,
@@ -261,11 +266,12 @@ async def _data_key(svc: KmsService, ctx: RequestContext, p: Params) -> crypto.D
         key_spec=p.get("KeySpec"),
         encryption_context=p.get("EncryptionContext"),
         dry_run=bool(p.get("DryRun", False)),
+        action=action,
     )
 
 
 async def generate_data_key(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
-    data_key = await _data_key(svc, ctx, p)
+    data_key = await _data_key(svc, ctx, p, "kms:GenerateDataKey")
     return {
         "CiphertextBlob": data_key.ciphertext_blob,
         "Plaintext": data_key.plaintext,
@@ -276,7 +282,7 @@ async def generate_data_key(svc: KmsService, ctx: RequestContext, p: Params) -> 
 async def generate_data_key_without_plaintext(
     svc: KmsService, ctx: RequestContext, p: Params
 ) -> Result:
-    data_key = await _data_key(svc, ctx, p)
+    data_key = await _data_key(svc, ctx, p, "kms:GenerateDataKeyWithoutPlaintext")
     return {"CiphertextBlob": data_key.ciphertext_blob, "KeyId": data_key.key.arn}
 
 
@@ -286,7 +292,111 @@ def generate_random(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
         raise UnsupportedOperationError(
             "Custom key stores are not supported by keyplane yet."
         )
-    return {"Plaintext": crypto.generate_random(p.get("NumberOfBytes"))}
+    return {"Plaintext": crypto.generate_random(svc, ctx, p.get("NumberOfBytes"))}
+
+
+# --- key policies ---------------------------------------------------------------------
+
+
+async def put_key_policy(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await policies.put_key_policy(
+        svc,
+        ctx,
+        p["KeyId"],
+        p["Policy"],
+        policy_name=p.get("PolicyName"),
+        bypass_lockout_check=bool(p.get("BypassPolicyLockoutSafetyCheck", False)),
+    )
+    return {}
+
+
+def get_key_policy(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    policy = policies.get_key_policy(svc, ctx, p["KeyId"], p.get("PolicyName"))
+    return {"Policy": policy, "PolicyName": policies.POLICY_NAME}
+
+
+def list_key_policies(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    names = policies.list_key_policies(svc, ctx, p["KeyId"])
+    return {"PolicyNames": names, "Truncated": False}
+
+
+# --- grants ---------------------------------------------------------------------------
+
+
+def grant_entry(key: KmsKey, grant: KeyGrant) -> Result:
+    entry: Result = {
+        "KeyId": key.arn,
+        "GrantId": grant.grant_id,
+        "CreationDate": grant.created_at,
+        "GranteePrincipal": grant.grantee,
+        "IssuingAccount": f"arn:aws:iam::{grant.issuing_account}:root",
+        "Operations": list(grant.operations),
+    }
+    if grant.name:
+        entry["Name"] = grant.name
+    if grant.retiring is not None:
+        entry["RetiringPrincipal"] = grant.retiring
+    if grant.constraints:
+        entry["Constraints"] = grant.constraints
+    return entry
+
+
+async def create_grant(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    grant, token = await grants.create_grant(
+        svc,
+        ctx,
+        key_id=p["KeyId"],
+        grantee=p.get("GranteePrincipal"),
+        operations=p["Operations"],
+        retiring=p.get("RetiringPrincipal"),
+        constraints=p.get("Constraints"),
+        name=p.get("Name"),
+        dry_run=bool(p.get("DryRun", False)),
+    )
+    return {"GrantToken": token, "GrantId": grant.grant_id}
+
+
+def list_grants(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    key, found, marker = grants.list_grants(
+        svc,
+        ctx,
+        p["KeyId"],
+        p.get("Limit"),
+        p.get("Marker"),
+        grant_id=p.get("GrantId"),
+        grantee=p.get("GranteePrincipal"),
+    )
+    return _page({"Grants": [grant_entry(key, g) for g in found]}, marker)
+
+
+def list_retirable_grants(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    found, marker = grants.list_retirable_grants(
+        svc, ctx, p.get("RetiringPrincipal"), p.get("Limit"), p.get("Marker")
+    )
+    return _page({"Grants": [grant_entry(k, g) for k, g in found]}, marker)
+
+
+async def retire_grant(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await grants.retire_grant(
+        svc,
+        ctx,
+        grant_token=p.get("GrantToken"),
+        key_id=p.get("KeyId"),
+        grant_id=p.get("GrantId"),
+        dry_run=bool(p.get("DryRun", False)),
+    )
+    return {}
+
+
+async def revoke_grant(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+    await grants.revoke_grant(
+        svc,
+        ctx,
+        key_id=p["KeyId"],
+        grant_id=p["GrantId"],
+        dry_run=bool(p.get("DryRun", False)),
+    )
+    return {}
 
 
 OPERATIONS: Final[Mapping[str, Handler]] = {
@@ -311,6 +421,14 @@ OPERATIONS: Final[Mapping[str, Handler]] = {
     "GenerateDataKey": generate_data_key,
     "GenerateDataKeyWithoutPlaintext": generate_data_key_without_plaintext,
     "GenerateRandom": generate_random,
+    "PutKeyPolicy": put_key_policy,
+    "GetKeyPolicy": get_key_policy,
+    "ListKeyPolicies": list_key_policies,
+    "CreateGrant": create_grant,
+    "ListGrants": list_grants,
+    "ListRetirableGrants": list_retirable_grants,
+    "RetireGrant": retire_grant,
+    "RevokeGrant": revoke_grant,
 }
 
 # Handlers that never await run without a task (cheaper); the rest are coroutines.

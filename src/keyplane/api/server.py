@@ -19,26 +19,31 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import httptools
 import orjson
 
-from keyplane.api import batch, codec, shapes
+from keyplane.api import admin, batch, codec, shapes
 from keyplane.api.access_log import AccessLog
 from keyplane.api.errors import aws_error
+from keyplane.api.sigv4 import Verifier
 from keyplane.errors import (
     KeyplaneError,
     RequestTooLargeError,
     UnknownOperationError,
 )
-from keyplane.kms import KmsService, RequestContext
+from keyplane.kms import Caller, KmsService, RequestContext
+from keyplane.kms.ops import grants
 
 _log = logging.getLogger("keyplane.api")
 
 TARGET_PREFIX: Final = b"TrentService."
 CONTENT_TYPE: Final = b"application/x-amz-json-1.1"
+# keyplane's own operations, under KeyplaneService.<name>.
+EXTENSIONS: Final = {**batch.OPERATIONS, **admin.OPERATIONS}
 _REASONS: Final = {
     200: b"OK",
     400: b"Bad Request",
@@ -57,12 +62,19 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
-    """Who requests are from until SigV4 lands: one configured account and principal."""
+class Authentication:
+    """How requests prove who sent them.
 
-    account: str
-    region: str
-    principal: str
+    Attributes:
+        verifier: Checks each request's SigV4 signature; None only when
+            authentication is configured off, and then every request is ``anonymous``.
+        callers: Principal ARN (as a credential names it) to the caller it is.
+        anonymous: Who requests act as when there is no verifier.
+    """
+
+    verifier: Verifier | None
+    callers: Mapping[str, Caller]
+    anonymous: Caller
 
 
 class RequestIds:
@@ -111,32 +123,61 @@ class Api:
     def __init__(
         self,
         service: KmsService,
-        identity: Identity,
+        auth: Authentication,
         access_log: AccessLog | None = None,
     ) -> None:
         self.service = service
-        self.identity = identity
+        self.auth = auth
         self.access_log = access_log
         self.ids = RequestIds()
         self.in_flight = 0
 
-    def context(self, request_id: str) -> RequestContext:
-        ident = self.identity
-        return RequestContext(ident.account, ident.region, ident.principal, request_id)
+    def authenticate(
+        self,
+        url: bytes,
+        headers: Mapping[bytes, bytes],
+        body: bytes,
+        peer: str,
+        request_id: str,
+    ) -> RequestContext:
+        """Who sent the request, from its signature.
 
-    def call(self, target: bytes | None, body: bytes, request: _Request) -> Any:
-        """Start the operation: a result dict, or an awaitable of one (or of the
-        encoded body, for the batch extension). Names the operation and the key the
-        request gave on ``request``, for its log line.
+        Raises:
+            AuthenticationError: unsigned, mis-signed, expired, or an unknown key.
+        """
+        auth = self.auth
+        if auth.verifier is None:
+            caller = auth.anonymous
+        else:
+            path, _, query = url.partition(b"?")
+            verified = auth.verifier.verify(b"POST", path, query, headers, body)
+            caller = auth.callers[verified.credential.principal]
+        return RequestContext(caller, self.service.region, request_id, peer)
+
+    def call(
+        self,
+        url: bytes,
+        headers: Mapping[bytes, bytes],
+        body: bytes,
+        request: _Request,
+        peer: str = "",
+    ) -> Any:
+        """Authenticate the request and start its operation: a result dict, or an
+        awaitable of one (or of the encoded body, for the batch extension). Names the
+        operation and the key the request gave on ``request``, for its log line.
 
         Raises:
             KeyplaneError: whatever the request did wrong, before any work started.
         """
-        context = self.context(request.request_id)
+        # Nothing about a request is looked at before its signature checks out, not
+        # even which operation it names.
+        context = self.authenticate(url, headers, body, peer, request.request_id)
+        request.principal = context.principal
+        target = headers.get(b"x-amz-target")
         if target and target.startswith(batch.TARGET_PREFIX):
             name = target[len(batch.TARGET_PREFIX) :].decode("ascii", "replace")
             request.operation = f"Keyplane.{name}"
-            batch_handler = batch.OPERATIONS.get(name)
+            batch_handler = EXTENSIONS.get(name)
             if batch_handler is None:
                 raise UnknownOperationError("")
             return batch_handler(self.service, context, body)
@@ -154,6 +195,9 @@ class Api:
         params = shapes.parse_request(operation, body)
         key_id = params.get("KeyId")
         request.key_id = key_id if isinstance(key_id, str) else None
+        tokens = params.get("GrantTokens")
+        if tokens:
+            grants.check_grant_tokens(tokens)
         return handler(self.service, context, params)
 
     def metrics(self) -> dict[str, Any]:
@@ -172,7 +216,7 @@ class _Request:
     """One request on its way through: where its answer goes, and what its access log
     line says (operation, key, status, latency; never a plaintext or key material)."""
 
-    __slots__ = ("key_id", "operation", "request_id", "slot", "started")
+    __slots__ = ("key_id", "operation", "principal", "request_id", "slot", "started")
 
     def __init__(self, slot: _Slot, request_id: str, started: float) -> None:
         self.slot = slot
@@ -180,11 +224,17 @@ class _Request:
         self.started = started
         self.operation = "-"
         self.key_id: str | None = None
+        self.principal: str | None = None
 
     def log(self, status: int, access_log: AccessLog | None) -> None:
         if access_log is not None:
             access_log.add(
-                self.operation, self.key_id, status, self.started, self.request_id
+                self.operation,
+                self.key_id,
+                status,
+                self.started,
+                self.request_id,
+                self.principal,
             )
 
 
@@ -218,6 +268,7 @@ class HttpConnection(asyncio.Protocol):
         self._closing = False
         self._eof = False
         self._last_queued = False  # a request that closes the connection is queued
+        self._peer = ""
         self._reset()
 
     # --- connection lifecycle ---------------------------------------------------------
@@ -226,6 +277,8 @@ class HttpConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
         self._connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
@@ -351,7 +404,7 @@ class HttpConnection(asyncio.Protocol):
             return
         body = b"".join(self._body)
         try:
-            result = self._api.call(self._headers.get(b"x-amz-target"), body, request)
+            result = self._api.call(url, self._headers, body, request, self._peer)
         except Exception as exc:  # every failure becomes an AWS error, never a crash
             self._answer_error(request, exc)
             return

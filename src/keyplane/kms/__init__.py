@@ -2,8 +2,17 @@
 blob. It asks the HSM for cryptography and the store for durability; it knows nothing
 of HTTP or wire names."""
 
-from keyplane.kms._model import Alias, KmsKey
+from keyplane.kms._model import Alias, KeyGrant, KmsKey
 from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import KeyState
+from keyplane.policy import Caller
 
-__all__ = ["Alias", "KeyState", "KmsKey", "KmsService", "RequestContext"]
+__all__ = [
+    "Alias",
+    "Caller",
+    "KeyGrant",
+    "KeyState",
+    "KmsKey",
+    "KmsService",
+    "RequestContext",
+]

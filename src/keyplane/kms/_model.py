@@ -13,7 +13,8 @@ from typing import Any
 from keyplane.hsm import KeySlot, Partition
 from keyplane.kms import _blob
 from keyplane.kms._state import KeyState
-from keyplane.storage import AliasRecord, KeyRecord
+from keyplane.policy import Decision, Grant, PolicyDocument, parse_policy
+from keyplane.storage import AliasRecord, GrantRecord, KeyRecord
 
 KEY_MANAGER = "CUSTOMER"
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
@@ -46,6 +47,29 @@ class KmsKey:
     # Blob headers by material version: built once, not parsed from the key id on
     # every request.
     headers: dict[int, bytes] = field(default_factory=dict)
+    grants: dict[str, KeyGrant] = field(default_factory=dict)
+    # Authorization decisions that hold whatever the request's context, by (caller
+    # ARN, action); valid until the key policy or the grants change.
+    decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)
+    parsed_policy: PolicyDocument | None = None
+    grant_rules: tuple[Grant, ...] | None = None
+
+    def policy_document(self) -> PolicyDocument:
+        """The key policy, parsed once (it was validated when it was set)."""
+        if self.parsed_policy is None:
+            self.parsed_policy = parse_policy(self.policy, kind="key")
+        return self.parsed_policy
+
+    def policy_grants(self) -> tuple[Grant, ...]:
+        if self.grant_rules is None:
+            self.grant_rules = tuple(g.rule for g in self.grants.values())
+        return self.grant_rules
+
+    def access_changed(self) -> None:
+        """Forget what was derived from the key policy and grants."""
+        self.parsed_policy = None
+        self.grant_rules = None
+        self.decisions.clear()
 
     @property
     def current_version(self) -> int:
@@ -102,10 +126,87 @@ class KmsKey:
         self.key_usage = meta.get("key_usage", ENCRYPT_DECRYPT)
         self.key_spec = meta.get("key_spec", SYMMETRIC_DEFAULT)
         self.origin = meta.get("origin", ORIGIN_AWS_KMS)
-        self.policy = meta.get("policy", "")
+        policy = meta.get("policy", "")
+        if policy != self.policy:
+            self.policy = policy
+            self.access_changed()
         self.deletion_date = meta.get("deletion_date")
         self.pending_window_days = meta.get("pending_window_days")
         self.tags = dict(record.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """A grant on a key as CreateGrant made it; ``rule`` is what the policy engine
+    evaluates."""
+
+    grant_id: str
+    key_id: str
+    account: str
+    created_at: float
+    name: str
+    grantee: str
+    retiring: str | None
+    operations: tuple[str, ...]
+    constraints: dict[str, dict[str, str]] | None
+    issuing_account: str
+    rule: Grant
+
+    @classmethod
+    def build(
+        cls,
+        grant_id: str,
+        key_id: str,
+        account: str,
+        created_at: float,
+        data: dict[str, Any],
+    ) -> KeyGrant:
+        constraints = data.get("constraints")
+        return cls(
+            grant_id=grant_id,
+            key_id=key_id,
+            account=account,
+            created_at=created_at,
+            name=data.get("name", ""),
+            grantee=data["grantee"],
+            retiring=data.get("retiring"),
+            operations=tuple(data["operations"]),
+            constraints=constraints,
+            issuing_account=data["issuing_account"],
+            rule=Grant(
+                grant_id,
+                data["grantee"],
+                frozenset(data["operations"]),
+                (constraints or {}).get("EncryptionContextEquals"),
+                (constraints or {}).get("EncryptionContextSubset"),
+            ),
+        )
+
+    @classmethod
+    def from_record(cls, record: GrantRecord) -> KeyGrant:
+        return cls.build(
+            record.grant_id,
+            record.key_id,
+            record.account,
+            record.created_at,
+            dict(record.data),
+        )
+
+    def record(self) -> GrantRecord:
+        return GrantRecord(
+            self.grant_id,
+            self.key_id,
+            self.account,
+            self.created_at,
+            {
+                "name": self.name,
+                "grantee": self.grantee,
+                "retiring": self.retiring,
+                "operations": list(self.operations),
+                "constraints": self.constraints,
+                "issuing_account": self.issuing_account,
+            },
+        )
 
 
 @dataclass(slots=True)

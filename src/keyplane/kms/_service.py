@@ -12,16 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from keyplane.errors import KeyplaneError, NotFoundError
 from keyplane.hsm import Batcher, Hsm, Partition, Tenancy
+from keyplane.kms._access import Authorizer
 from keyplane.kms._arn import KeyRef, key_arn, parse_key_ref
-from keyplane.kms._model import Alias, KmsKey, material_context, partition_name
+from keyplane.kms._model import (
+    Alias,
+    KeyGrant,
+    KmsKey,
+    material_context,
+    partition_name,
+)
 from keyplane.kms._state import KeyState
+from keyplane.policy import Caller
 from keyplane.storage import PartitionRecord, Snapshot, Store
 
 T = TypeVar("T")
@@ -38,12 +46,21 @@ OFFLOAD_ITEMS = 4096
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Who is asking, where: filled in by the API layer for every request."""
+    """Who is asking, from where: filled in by the API layer for every request from
+    the credential that signed it."""
 
-    account: str
+    caller: Caller
     region: str
-    principal: str
     request_id: str
+    source_ip: str = ""
+
+    @property
+    def account(self) -> str:
+        return self.caller.account
+
+    @property
+    def principal(self) -> str:
+        return self.caller.arn
 
 
 class KmsService:
@@ -56,6 +73,8 @@ class KmsService:
         clock: Clock,
         region: str,
         loop: asyncio.AbstractEventLoop,
+        *,
+        authorize: bool = True,
     ) -> None:
         self.hsm = hsm
         self.store = store
@@ -64,6 +83,8 @@ class KmsService:
         self.loop = loop
         self.keys: dict[str, KmsKey] = {}
         self.aliases: dict[tuple[str, str, str], Alias] = {}
+        # Grant id -> key id, for RetireGrant by token (which names no key).
+        self.grant_keys: dict[str, str] = {}
         self._partitions: dict[str, Partition] = {}
         self._partition_locks: dict[str, asyncio.Lock] = {}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="keyplane-store")
@@ -74,6 +95,10 @@ class KmsService:
         # Serialises control-plane changes: each reads memory, writes the store, then
         # updates memory, and must not interleave with another at its await.
         self.control = asyncio.Lock()
+        self.access = Authorizer(clock, self.aliases_of, enabled=authorize)
+        # Every principal that can sign, by ARN (set by whoever starts the service):
+        # ExplainAccess judges requests of principals other than the caller.
+        self.callers: Mapping[str, Caller] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -106,6 +131,9 @@ class KmsService:
                     )
                 )
             self.keys[key.key_id] = key
+        for g in snapshot.grants:
+            self.keys[g.key_id].grants[g.grant_id] = KeyGrant.from_record(g)
+            self.grant_keys[g.grant_id] = g.key_id
         for a in snapshot.aliases:
             self.aliases[(a.account, a.region, a.name)] = Alias(
                 a.name, a.account, a.region, a.key_id, a.created_at, a.updated_at
@@ -179,6 +207,32 @@ class KmsService:
         ref = parse_key_ref(key_id, ctx.account, self.region, aliases=aliases)
         return self.key_of(ref, key_id)
 
+    def authorized(
+        self,
+        ctx: RequestContext,
+        action: str,
+        key_id: str,
+        *,
+        aliases: bool = True,
+        encryption_context: Mapping[str, str] | None = None,
+        values: Mapping[str, object] | None = None,
+    ) -> KmsKey:
+        """The key a KeyId member names, once the caller may ``action`` on it.
+
+        Raises:
+            NotFoundError, InvalidArnError: as ``resolve``.
+            AccessDeniedError: no policy or grant allows it, or one denies it.
+        """
+        key = self.resolve(ctx, key_id, aliases=aliases)
+        self.access.check_key(
+            ctx,
+            action,
+            key,
+            encryption_context=encryption_context,
+            values=with_request_alias(key_id, values),
+        )
+        return key
+
     def key_of(self, ref: KeyRef, given: str) -> KmsKey:
         if ref.alias_name is not None:
             alias = self.aliases.get((ref.account, ref.region, ref.alias_name))
@@ -218,6 +272,8 @@ class KmsService:
                 for alias in self.aliases_of(key):
                     del self.aliases[(alias.account, alias.region, alias.name)]
                 del self.keys[key.key_id]
+                for grant_id in key.grants:
+                    self.grant_keys.pop(grant_id, None)
                 for slot in key.versions:
                     # A slot already gone has nothing left to cleanse.
                     with contextlib.suppress(KeyplaneError):
@@ -232,6 +288,15 @@ class KmsService:
             and key.deletion_date is not None
             and key.deletion_date <= self.clock()
         )
+
+
+def with_request_alias(
+    key_id: str, values: Mapping[str, object] | None
+) -> Mapping[str, object] | None:
+    """``values`` plus kms:RequestAlias when the request named its key by an alias."""
+    if "alias/" not in key_id:
+        return values
+    return {**(values or {}), "kms:requestalias": key_id[key_id.index("alias/") :]}
 
 
 def _alias_arn(ref: KeyRef) -> str:

@@ -10,11 +10,13 @@ import pytest
 
 from keyplane.errors import NotFoundError
 from keyplane.hsm import Hsm
-from keyplane.kms import KeyState, KmsService, RequestContext
+from keyplane.kms import Caller, KeyState, KmsService, RequestContext
 from keyplane.kms.ops import aliases, crypto, keys
 from keyplane.storage import SQLiteStore
 
-CTX = RequestContext("111122223333", "us-east-1", "arn:aws:iam::111122223333:root", "r")
+CTX = RequestContext(
+    Caller("arn:aws:iam::111122223333:root", "111122223333"), "us-east-1", "r"
+)
 DAY = 86400.0
 
 

@@ -24,8 +24,13 @@ async def create_alias(
         AlreadyExistsError: the alias exists.
     """
     check_alias_name(alias_name)
+    # AWS asks twice: may the caller create this alias (IAM), and may it point an
+    # alias at this key (the key's policy).
+    svc.access.check_account(
+        ctx, "kms:CreateAlias", alias_arn(svc.region, ctx.account, alias_name)
+    )
     async with svc.control:
-        key = svc.resolve(ctx, target_key_id, aliases=False)
+        key = svc.authorized(ctx, "kms:CreateAlias", target_key_id, aliases=False)
         require(key.state, Op.CREATE_ALIAS, key.arn)
         index = (ctx.account, svc.region, alias_name)
         if index in svc.aliases:
@@ -43,7 +48,11 @@ async def create_alias(
 async def update_alias(
     svc: KmsService, ctx: RequestContext, alias_name: str, target_key_id: str
 ) -> None:
-    """AWS UpdateAlias: point an existing alias at another key of the same type."""
+    """AWS UpdateAlias: point an existing alias at another key of the same type.
+    The caller needs kms:UpdateAlias on the alias, the old key and the new key."""
+    svc.access.check_account(
+        ctx, "kms:UpdateAlias", alias_arn(svc.region, ctx.account, alias_name)
+    )
     async with svc.control:
         index = (ctx.account, svc.region, alias_name)
         alias = svc.aliases.get(index)
@@ -51,9 +60,11 @@ async def update_alias(
             raise NotFoundError(
                 f"Alias {alias_arn(svc.region, ctx.account, alias_name)} is not found."
             )
-        key = svc.resolve(ctx, target_key_id, aliases=False)
+        key = svc.authorized(ctx, "kms:UpdateAlias", target_key_id, aliases=False)
         require(key.state, Op.UPDATE_ALIAS_TARGET, key.arn)
         current = svc.keys.get(alias.key_id)
+        if current is not None:
+            svc.access.check_key(ctx, "kms:UpdateAlias", current)
         if current is not None and (current.key_usage, current.key_spec) != (
             key.key_usage,
             key.key_spec,
@@ -75,13 +86,20 @@ async def update_alias(
 
 
 async def delete_alias(svc: KmsService, ctx: RequestContext, alias_name: str) -> None:
-    """AWS DeleteAlias."""
+    """AWS DeleteAlias: needs kms:DeleteAlias on the alias and on its key."""
+    svc.access.check_account(
+        ctx, "kms:DeleteAlias", alias_arn(svc.region, ctx.account, alias_name)
+    )
     async with svc.control:
         index = (ctx.account, svc.region, alias_name)
-        if index not in svc.aliases:
+        alias = svc.aliases.get(index)
+        if alias is None:
             raise NotFoundError(
                 f"Alias {alias_arn(svc.region, ctx.account, alias_name)} is not found."
             )
+        key = svc.keys.get(alias.key_id)
+        if key is not None:
+            svc.access.check_key(ctx, "kms:DeleteAlias", key)
         await svc.write(svc.store.delete_alias, *index)
         del svc.aliases[index]
 
@@ -94,6 +112,7 @@ def list_aliases(
     marker: str | None,
 ) -> tuple[list[Alias], str | None]:
     """AWS ListAliases: the account's aliases, or those of one key, by name."""
+    svc.access.check_account(ctx, "kms:ListAliases")
     aliases = [
         a
         for a in svc.aliases.values()

@@ -20,7 +20,7 @@ from keyplane.errors import (
 )
 from keyplane.kms import _blob
 from keyplane.kms._model import KmsKey
-from keyplane.kms._service import KmsService, RequestContext
+from keyplane.kms._service import KmsService, RequestContext, with_request_alias
 from keyplane.kms.ops.crypto import (
     MAX_PLAINTEXT_BYTES,
     Opened,
@@ -118,21 +118,30 @@ class _Group:
         return self.key.versions[self.version - 1]
 
 
-def _resolver(svc: KmsService, ctx: RequestContext) -> Any:
-    """Resolve KeyId members once per distinct value: a batch usually names one key."""
+def _resolver(svc: KmsService, ctx: RequestContext, action: str) -> Any:
+    """Resolve KeyId members once per distinct value (a batch usually names one key),
+    then authorize each item with its own encryption context: decisions that do not
+    depend on the context are cached on the key, so that costs a lookup per item."""
     seen: dict[str, KmsKey | KeyplaneError] = {}
 
-    def resolve(key_id: str) -> KmsKey:
+    def resolve(key_id: str, context: Mapping[str, str] | None) -> KmsKey:
         found = seen.get(key_id)
         if found is None:
             try:
                 found = svc.resolve(ctx, key_id)
-                _usable(found, None, False)
             except KeyplaneError as exc:
                 found = exc
             seen[key_id] = found
         if isinstance(found, KeyplaneError):
             raise found
+        svc.access.check_key(
+            ctx,
+            action,
+            found,
+            encryption_context=context,
+            values=with_request_alias(key_id, None),
+        )
+        _usable(found, None, False)
         return found
 
     return resolve
@@ -144,7 +153,7 @@ async def batch_encrypt(
     """Encrypt every item; per item a Sealed or the error that failed it alone."""
     _check_count(len(items))
     results: list[Sealed | KeyplaneError] = [ValidationError("")] * len(items)
-    resolve = _resolver(svc, ctx)
+    resolve = _resolver(svc, ctx, "kms:Encrypt")
     groups = _Groups()
     for i, item in enumerate(items):
         try:
@@ -152,7 +161,7 @@ async def batch_encrypt(
                 raise ValidationError(
                     f"Plaintext must be 1 to {MAX_PLAINTEXT_BYTES} bytes long."
                 )
-            key = resolve(item.key_id)
+            key = resolve(item.key_id, item.encryption_context)
         except KeyplaneError as exc:
             results[i] = exc
             continue
@@ -194,7 +203,10 @@ async def batch_decrypt(
     for i, item in enumerate(items):
         try:
             head, sealed = _blob.parse(item.ciphertext_blob)
-            key = _key_of_blob(svc, ctx, head)
+            key = _key_of_blob(svc, head)
+            svc.access.check_key(
+                ctx, "kms:Decrypt", key, encryption_context=item.encryption_context
+            )
             if item.key_id is not None and named(item.key_id) is not key:
                 raise IncorrectKeyError(
                     "The key ID in the request does not identify a CMK that can "
@@ -255,7 +267,7 @@ async def batch_generate_data_key(
     """
     _check_count(len(items))
     results: list[DataKeyTuple | KeyplaneError] = [ValidationError("")] * len(items)
-    resolve = _resolver(svc, ctx)
+    resolve = _resolver(svc, ctx, "kms:GenerateDataKey")
     groups = _Groups()
     parsed: dict[int, tuple[int, KmsKey] | KeyplaneError] = {}
     for i, item in enumerate(items):
@@ -265,7 +277,7 @@ async def batch_generate_data_key(
             try:
                 known = (
                     data_key_bytes(item.number_of_bytes, item.key_spec),
-                    resolve(item.key_id),
+                    resolve(item.key_id, item.encryption_context),
                 )
             except KeyplaneError as exc:
                 known = exc
@@ -322,7 +334,9 @@ async def _data_keys_alike(
     with one check and one native call, and no per-item bookkeeping."""
     try:
         size = data_key_bytes(item.number_of_bytes, item.key_spec)
-        key = _resolver(svc, ctx)(item.key_id)
+        key = _resolver(svc, ctx, "kms:GenerateDataKey")(
+            item.key_id, item.encryption_context
+        )
     except KeyplaneError as exc:
         return [exc] * n
     version = key.current_version

@@ -29,6 +29,8 @@ from keyplane.kms._state import Op, require
 MAX_PLAINTEXT_BYTES: Final = 4096
 DATA_KEY_SPECS: Final = {"AES_256": 32, "AES_128": 16}
 MAX_RANDOM_BYTES: Final = 1024
+# The kms:EncryptionAlgorithm condition key of Encrypt, Decrypt and ReEncrypt.
+ALGORITHM_VALUES: Final = {"kms:encryptionalgorithm": SYMMETRIC_DEFAULT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,13 @@ async def encrypt(
                 else f"less than or equal to {MAX_PLAINTEXT_BYTES}"
             )
         )
-    key = svc.resolve(ctx, key_id)
+    key = svc.authorized(
+        ctx,
+        "kms:Encrypt",
+        key_id,
+        encryption_context=encryption_context,
+        values=ALGORITHM_VALUES,
+    )
     _usable(key, encryption_algorithm, dry_run)
     return Sealed(key, await _seal(svc, key, plaintext, encryption_context))
 
@@ -139,7 +147,14 @@ async def decrypt(
         DisabledError, KeyStateError: the key's state refuses decryption.
     """
     head, sealed = _blob.parse(ciphertext_blob)
-    key = _key_of_blob(svc, ctx, head)
+    key = _key_of_blob(svc, head)
+    svc.access.check_key(
+        ctx,
+        "kms:Decrypt",
+        key,
+        encryption_context=encryption_context,
+        values=ALGORITHM_VALUES,
+    )
     if key_id is not None and svc.resolve(ctx, key_id) is not key:
         raise IncorrectKeyError(
             "The key ID in the request does not identify a CMK that can perform this "
@@ -149,13 +164,13 @@ async def decrypt(
     return Opened(key, await _open(svc, key, head, sealed, encryption_context))
 
 
-def _key_of_blob(
-    svc: KmsService, ctx: RequestContext, head: _blob.BlobHeader
-) -> KmsKey:
+def _key_of_blob(svc: KmsService, head: _blob.BlobHeader) -> KmsKey:
+    """The key a blob names, of whichever account: whether the caller may use it is
+    for its key policy to say (cross-account Decrypt works by the blob alone)."""
     key = svc.keys.get(head.key_id)
-    # A blob naming a key this caller cannot see is as good as a forged one: answer as
-    # AWS does for any blob it cannot authenticate, without saying which check failed.
-    if key is None or key.account != ctx.account:
+    # A blob naming no key is as good as a forged one: answer as AWS does for any
+    # blob it cannot authenticate, without saying which check failed.
+    if key is None:
         raise InvalidCiphertextError("")
     return key
 
@@ -189,13 +204,26 @@ async def re_encrypt(
     """AWS ReEncrypt: open under the source key and seal under the destination key;
     the plaintext never leaves the service."""
     head, sealed = _blob.parse(ciphertext_blob)
-    source = _key_of_blob(svc, ctx, head)
+    source = _key_of_blob(svc, head)
+    svc.access.check_key(
+        ctx,
+        "kms:ReEncryptFrom",
+        source,
+        encryption_context=source_encryption_context,
+        values=ALGORITHM_VALUES,
+    )
     if source_key_id is not None and svc.resolve(ctx, source_key_id) is not source:
         raise IncorrectKeyError(
             "The key ID in the request does not identify a CMK that can perform this "
             "operation."
         )
-    destination = svc.resolve(ctx, destination_key_id)
+    destination = svc.authorized(
+        ctx,
+        "kms:ReEncryptTo",
+        destination_key_id,
+        encryption_context=destination_encryption_context,
+        values=ALGORITHM_VALUES,
+    )
     _usable(source, source_encryption_algorithm, False)
     _usable(destination, destination_encryption_algorithm, dry_run)
     plaintext = await _open(svc, source, head, sealed, source_encryption_context)
@@ -225,10 +253,12 @@ async def generate_data_key(
     key_spec: str | None = None,
     encryption_context: Mapping[str, str] | None = None,
     dry_run: bool = False,
+    action: str = "kms:GenerateDataKey",
 ) -> DataKey:
-    """AWS GenerateDataKey: a fresh data key, in plaintext and sealed under the key."""
+    """AWS GenerateDataKey (and, with its ``action``, GenerateDataKeyWithoutPlaintext):
+    a fresh data key, in plaintext and sealed under the key."""
     size = data_key_bytes(number_of_bytes, key_spec)
-    key = svc.resolve(ctx, key_id)
+    key = svc.authorized(ctx, action, key_id, encryption_context=encryption_context)
     _usable(key, None, dry_run)
     version = key.current_version
     head = key.blob_header(version)
@@ -238,8 +268,11 @@ async def generate_data_key(
     return DataKey(key, plaintext, head + sealed)
 
 
-def generate_random(number_of_bytes: int | None) -> bytes:
+def generate_random(
+    svc: KmsService, ctx: RequestContext, number_of_bytes: int | None
+) -> bytes:
     """AWS GenerateRandom: 1..1024 bytes from the HSM's random source."""
+    svc.access.check_account(ctx, "kms:GenerateRandom")
     if number_of_bytes is None:
         raise ValidationError("Please specify number of bytes.")
     return hsm.random_bytes(number_of_bytes)

@@ -23,6 +23,7 @@ from keyplane.kms._model import (
 from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import KeyState, Op, require
 from keyplane.kms.ops._paging import page
+from keyplane.kms.ops.policies import checked_policy
 from keyplane.kms.ops.tags import check_tags
 from keyplane.storage import MaterialRecord
 
@@ -68,6 +69,7 @@ async def create_key(
     tags: Mapping[str, str] | None = None,
     custom_key_store_id: str | None = None,
     multi_region: bool = False,
+    bypass_policy_lockout_safety_check: bool = False,
 ) -> KmsKey:
     """AWS CreateKey, for symmetric encryption keys generated in the shared fleet.
 
@@ -75,9 +77,24 @@ async def create_key(
         ValidationError: a key usage that does not fit the key spec.
         UnsupportedOperationError: a key spec, origin or option keyplane lacks so far.
         TagError: a malformed or reserved tag.
+        AccessDeniedError: the caller may not create keys (or tag them).
+        MalformedPolicyDocumentError: a bad policy, or one that locks the caller out.
     """
     spec = key_spec or SYMMETRIC_DEFAULT
     usage = key_usage or ENCRYPT_DECRYPT
+    svc.access.check_account(
+        ctx,
+        "kms:CreateKey",
+        values={
+            "kms:keyspec": spec,
+            "kms:keyusage": usage,
+            "kms:keyorigin": origin or ORIGIN_AWS_KMS,
+            "kms:multiregion": multi_region,
+        },
+    )
+    if tags:
+        # AWS: tagging a key as it is created needs kms:TagResource as well.
+        svc.access.check_account(ctx, "kms:TagResource")
     if spec != SYMMETRIC_DEFAULT:
         raise UnsupportedOperationError(
             f"KeySpec {spec} is not supported by keyplane yet."
@@ -112,6 +129,14 @@ async def create_key(
         policy=policy or default_policy(ctx.account),
         tags=tag_map,
     )
+    if policy is not None:
+        key.parsed_policy = checked_policy(
+            svc,
+            ctx,
+            key,
+            policy,
+            bypass_lockout_check=bypass_policy_lockout_safety_check,
+        )
     slot = partition.generate_key()
     try:
         material = MaterialRecord(
@@ -131,7 +156,7 @@ async def create_key(
 
 def describe_key(svc: KmsService, ctx: RequestContext, key_id: str) -> KmsKey:
     """AWS DescribeKey: any state, by key id, key ARN, alias name or alias ARN."""
-    key = svc.resolve(ctx, key_id)
+    key = svc.authorized(ctx, "kms:DescribeKey", key_id)
     require(key.state, Op.DESCRIBE, key.arn)
     return key
 
@@ -147,6 +172,7 @@ def list_keys(
     Raises:
         InvalidMarkerError: a marker this service did not issue.
     """
+    svc.access.check_account(ctx, "kms:ListKeys")
     keys = sorted(
         (
             k
@@ -163,7 +189,7 @@ def list_keys(
 async def enable_key(svc: KmsService, ctx: RequestContext, key_id: str) -> None:
     """AWS EnableKey."""
     async with svc.control:
-        key = svc.resolve(ctx, key_id, aliases=False)
+        key = svc.authorized(ctx, "kms:EnableKey", key_id, aliases=False)
         require(key.state, Op.ENABLE_DISABLE, key.arn)
         await _set_state(svc, key, KeyState.ENABLED)
 
@@ -171,7 +197,7 @@ async def enable_key(svc: KmsService, ctx: RequestContext, key_id: str) -> None:
 async def disable_key(svc: KmsService, ctx: RequestContext, key_id: str) -> None:
     """AWS DisableKey."""
     async with svc.control:
-        key = svc.resolve(ctx, key_id, aliases=False)
+        key = svc.authorized(ctx, "kms:DisableKey", key_id, aliases=False)
         require(key.state, Op.ENABLE_DISABLE, key.arn)
         await _set_state(svc, key, KeyState.DISABLED)
 
@@ -201,7 +227,13 @@ async def schedule_key_deletion(
             + ("greater than or equal to 7" if days < 7 else "less than or equal to 30")
         )
     async with svc.control:
-        key = svc.resolve(ctx, key_id, aliases=False)
+        key = svc.authorized(
+            ctx,
+            "kms:ScheduleKeyDeletion",
+            key_id,
+            aliases=False,
+            values={"kms:schedulekeydeletionpendingwindowindays": days},
+        )
         require(key.state, Op.SCHEDULE_DELETION, key.arn)
         when = svc.clock() + days * DAY_SECONDS
         record = key.record(
@@ -219,7 +251,7 @@ async def cancel_key_deletion(
 ) -> KmsKey:
     """AWS CancelKeyDeletion: back to Disabled, as AWS does."""
     async with svc.control:
-        key = svc.resolve(ctx, key_id, aliases=False)
+        key = svc.authorized(ctx, "kms:CancelKeyDeletion", key_id, aliases=False)
         require(key.state, Op.CANCEL_DELETION, key.arn)
         record = key.record(
             state=KeyState.DISABLED, deletion_date=None, pending_window_days=None
@@ -234,7 +266,7 @@ async def update_key_description(
 ) -> None:
     """AWS UpdateKeyDescription."""
     async with svc.control:
-        key = svc.resolve(ctx, key_id, aliases=False)
+        key = svc.authorized(ctx, "kms:UpdateKeyDescription", key_id, aliases=False)
         require(key.state, Op.TAG, key.arn)
         record = key.record(description=description)
         await svc.write(svc.store.update_key, record)

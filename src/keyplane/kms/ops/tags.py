@@ -31,12 +31,27 @@ def check_tags(tags: Mapping[str, str]) -> None:
         raise LimitExceededError(f"A key can have at most {MAX_TAGS} tags")
 
 
+def _request_tags(tags: Mapping[str, str]) -> dict[str, object]:
+    """The aws:RequestTag/<key> and aws:TagKeys condition keys of a request."""
+    values: dict[str, object] = {
+        f"aws:requesttag/{k.lower()}": v for k, v in tags.items()
+    }
+    values["aws:tagkeys"] = list(tags)
+    return values
+
+
 async def tag_resource(
     svc: KmsService, ctx: RequestContext, key_id: str, tags: Mapping[str, str]
 ) -> None:
     """AWS TagResource: adds tags, replacing the value of a key already present."""
     async with svc.control:
-        key = svc.resolve(ctx, key_id, aliases=False)
+        key = svc.authorized(
+            ctx,
+            "kms:TagResource",
+            key_id,
+            aliases=False,
+            values=_request_tags(tags),
+        )
         require(key.state, Op.TAG, key.arn)
         merged = {**key.tags, **tags}
         check_tags(merged)
@@ -50,7 +65,13 @@ async def untag_resource(
 ) -> None:
     """AWS UntagResource: removing a tag that is not there is not an error."""
     async with svc.control:
-        key = svc.resolve(ctx, key_id, aliases=False)
+        key = svc.authorized(
+            ctx,
+            "kms:UntagResource",
+            key_id,
+            aliases=False,
+            values={"aws:tagkeys": list(tag_keys)},
+        )
         require(key.state, Op.TAG, key.arn)
         remaining = {k: v for k, v in key.tags.items() if k not in set(tag_keys)}
         record = key.record(tags=remaining)
@@ -66,7 +87,7 @@ def list_resource_tags(
     marker: str | None,
 ) -> tuple[list[tuple[str, str]], str | None]:
     """AWS ListResourceTags, ordered by tag key."""
-    key = svc.resolve(ctx, key_id, aliases=False)
+    key = svc.authorized(ctx, "kms:ListResourceTags", key_id, aliases=False)
     require(key.state, Op.DESCRIBE, key.arn)
     return page(
         sorted(key.tags.items()),

@@ -1,0 +1,62 @@
+"""keyplane's diagnostic extension: ``KeyplaneService.ExplainAccess``.
+
+Request ``{"Action": "kms:Encrypt", "KeyId": "...", "Principal": "arn:...",
+"EncryptionContext": {...}}`` (only Action is required); the answer says whether that
+request would be allowed, and which key policy statement, identity policy statement or
+grant decides it. docs/identities.md describes it; ``keyplane explain`` calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from keyplane.api.batch import BatchHandler, context_member
+from keyplane.errors import MalformedRequestError
+from keyplane.kms import KmsService, RequestContext
+from keyplane.kms.ops import explain
+
+
+def _string(request: Mapping[str, Any], member: str, *, required: bool) -> str | None:
+    value = request.get(member)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MalformedRequestError(f"{member} must be a non-empty string")
+    return value
+
+
+async def explain_access(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:
+    try:
+        request = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequestError("the request body is not valid JSON") from exc
+    if not isinstance(request, dict):
+        raise MalformedRequestError("the request body must be a JSON object")
+    principal, resource, decision = explain.explain_access(
+        svc,
+        ctx,
+        action=_string(request, "Action", required=True) or "",
+        principal=_string(request, "Principal", required=False),
+        key_id=_string(request, "KeyId", required=False),
+        encryption_context=context_member(request),
+    )
+    answer: dict[str, Any] = {
+        "Principal": principal,
+        "Action": request["Action"],
+        "Resource": resource,
+        "Allowed": decision.allowed,
+        "ExplicitDeny": decision.explicit_deny,
+        "Source": decision.source,
+        "Reason": decision.reason,
+    }
+    if decision.statement is not None:
+        answer["Statement"] = decision.statement
+    if decision.grant_id is not None:
+        answer["GrantId"] = decision.grant_id
+    return orjson.dumps(answer)
+
+
+OPERATIONS: Final[Mapping[str, BatchHandler]] = {"ExplainAccess": explain_access}
