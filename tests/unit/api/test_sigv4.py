@@ -31,7 +31,7 @@ from keyplane.errors import (
 )
 
 KEY_ID = "AKIDEXAMPLE"
-SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # noqa: S105 AWS's documented example
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 ALICE = Credential(
     access_key_id=KEY_ID,
     secret_access_key=SECRET,
@@ -49,7 +49,7 @@ MISMATCH = (
     "Check your AWS Secret Access Key and signing method. Consult the service "
     "documentation for details."
 )
-INVALID_TOKEN = "The security token included in the request is invalid."  # noqa: S105
+INVALID_TOKEN = "The security token included in the request is invalid."
 
 
 @dataclass(frozen=True)
@@ -806,3 +806,80 @@ def test_signed_requests_verify_and_any_flip_fails(
     auth = request.auth[: -len(signature)] + forged
     with pytest.raises(InvalidSignatureError, match=r"^The request signature"):
         verify(request.with_auth(auth))
+
+
+# --- the remembered prefix ------------------------------------------------------------
+# After a header verified once, requests with the same prefix (credential scope and
+# signed headers) take a shorter path; it must refuse exactly what the full one does.
+
+
+def _warm() -> Verifier:
+    v = verifier()
+    verify(sign(), v)
+    return v
+
+
+def test_the_short_path_accepts_a_fresh_signature():
+    v = _warm()
+    other = sign(b'{"KeyId":"alias/test","Plaintext":"b3RoZXI="}')
+    assert verify(other, v).credential is ALICE
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: replace(r, body=r.body + b" "), MISMATCH),
+        (lambda r: r.with_headers(x_amz_target=b"TrentService.Decrypt"), MISMATCH),
+        (lambda r: r.with_headers(content_type=None), MISMATCH),
+        (
+            lambda r: r.with_auth(r.auth[:-4] + b"0000"),
+            MISMATCH,
+        ),
+        (lambda r: r.with_headers(x_amz_security_token=b"t"), INVALID_TOKEN),
+    ],
+)
+def test_the_short_path_refuses_what_the_full_path_refuses(change, message):
+    v = _warm()
+    request = change(sign())
+    with pytest.raises(AuthenticationError) as warm:
+        verify(request, v)
+    with pytest.raises(AuthenticationError) as cold:
+        verify(request)
+    assert (type(warm.value), str(warm.value)) == (type(cold.value), str(cold.value))
+    assert str(warm.value) == message
+
+
+def test_the_short_path_checks_the_clock():
+    v = verifier(now=NOW_TS)
+    verify(sign(), v)
+    late = verifier(now=NOW_TS + 3600)
+    late._plans = v._plans  # the same remembered prefixes, an hour later
+    with pytest.raises(InvalidSignatureError, match="Signature expired"):
+        verify(sign(), late)
+
+
+def test_a_rotated_secret_is_not_answered_from_the_remembered_prefix():
+    credentials = {KEY_ID: ALICE}
+    v = verifier(credentials=credentials)
+    verify(sign(), v)
+    credentials[KEY_ID] = Credential(KEY_ID, "a-new-secret", ALICE.principal, "1")
+    with pytest.raises(InvalidSignatureError):
+        verify(sign(), v)
+    assert verify(sign(secret="a-new-secret"), v).credential.secret_access_key == (
+        "a-new-secret"
+    )
+
+
+def test_a_request_dated_another_day_than_its_remembered_scope():
+    before_midnight = dt.datetime(2026, 1, 1, 23, 59, 0)
+    after_midnight = dt.datetime(2026, 1, 2, 0, 1, 0)
+    now = before_midnight.replace(tzinfo=dt.UTC).timestamp() + 30
+    v = verifier(now=now)
+    verify(sign(when=before_midnight), v)
+    # The remembered prefix's scope says Jan 1st; the date header says Jan 2nd, within
+    # the allowed skew: the full path's answer, not a bare mismatch.
+    request = sign(when=before_midnight).with_headers(
+        x_amz_date=after_midnight.strftime("%Y%m%dT%H%M%SZ").encode()
+    )
+    with pytest.raises(InvalidSignatureError, match="Date in Credential scope"):
+        verify(request, v)
