@@ -14,7 +14,7 @@ NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/*.h na
 # numpy's OpenBLAS threads busy-wait beside the benchmarks; keyplane never uses BLAS.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help install serve test test-unit native-asan bench-native bench-http bench lint clean
+.PHONY: help install serve test test-unit native-asan bench-native bench-http bench-micro bench lint clean
 
 help:
 	@echo "make serve         run the server on 127.0.0.1:4599, data under ./.keyplane"
@@ -22,6 +22,7 @@ help:
 	@echo "make native-asan   run the native tests under AddressSanitizer + UBSan"
 	@echo "make bench-native  the native HSM throughput table"
 	@echo "make bench-http    requests/s and latency over HTTP, against moto"
+	@echo "make bench-micro   pytest-benchmark timings of single calls (policy, SigV4, native)"
 	@echo "make lint          ruff and mypy"
 
 $(PY):
@@ -78,7 +79,11 @@ bench-native: $(STAMP)
 bench-http: $(STAMP)
 	$(PY) bench/http.py $(BENCH_ARGS)
 
-bench: bench-native bench-http
+bench-micro: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider --benchmark-enable bench/test_bench_policy.py \
+		bench/test_bench_sigv4.py bench/test_bench_native.py
+
+bench: bench-native bench-http bench-micro
 
 clean:
 	rm -rf $(VENV) $(ASAN_VENV) build dist src/*.egg-info src/keyplane/native/_kp*.so

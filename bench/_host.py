@@ -14,14 +14,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(cmd: list[str]) -> str | None:
+def _run(cmd: list[str], ok_status: tuple[int, ...] = (0,)) -> str | None:
+    """``cmd``'s stdout, stripped, or None when it fails to run or exits with a status
+    not in ``ok_status`` (some tools, such as ``wrk -v``, exit 1 after a version)."""
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=30
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    return proc.stdout.strip() if proc.returncode in ok_status else None
 
 
 def git_info() -> dict[str, Any]:

@@ -10,7 +10,13 @@ JSON and base64, key lookup, the native HSM, the response):
 * keyplane only: data keys/s through the batch extension
   (``KeyplaneService.GenerateDataKey``, 1000 items per request) at 1 and 4 connections;
 * Encrypt again on each server with its request logging on (keyplane's access log at
-  INFO, moto's werkzeug request log), the log going to /dev/null.
+  INFO, moto's werkzeug request log), the log going to /dev/null;
+* keyplane only: what authentication costs. Encrypt at 64 connections on keyplane as
+  configured (SigV4 checked, key policies and IAM policies evaluated) and on the same
+  server started with ``--auth off``, in alternating rounds (on, off, on, off, ...),
+  each on a freshly started server; the figure is the median of the ratios of the
+  round pairs, as ``bench/native.py`` pairs its rounds, so that a swing in the
+  machine's speed moves both halves of a pair alike.
 
 The load is closed-loop: each connection sends one request, waits for the whole
 response, and sends the next. It comes from ``wrk`` (installed with apt-get when it is
@@ -19,22 +25,33 @@ missing and this runs as root, saying so) with a generated Lua script, or from
 a cross-check. On a machine with two or more cores the server and all its threads run
 on core 0 and the load generator and this script on core 1.
 
-Both servers get the same request bytes, including a fixed SigV4-shaped Authorization
-header (keyplane ignores it; moto routes on its credential scope). moto answers every
-request with ``Connection: close``, so its keep-alive runs become reconnects: that is
-part of the comparison. A fresh response of every workload is verified (parsed, and
-decrypted back through the same server) before and after each cell, and so are response
-bodies captured during the timed run, so a broken server posts no numbers: its cell
-says INVALID and the exit status is 1. Missed targets are reported, not failed.
+Every request, from the load generator or from this script, is signed with SigV4 by
+the bench's access key, which keyplane learns from a TOML file written into the run's
+temporary directory (one account, one IAM user allowed ``kms:*``). A signature is
+accepted for five minutes after its X-Amz-Date, so the load replays one signed request
+per workload, signed afresh for each run of the generator. keyplane recomputes the
+signature of every request it gets (it caches only the derived signing key), so the
+replay pays the whole check each time. Both servers get the same request bytes: moto
+ignores the signature and routes on its credential scope. moto answers every request
+with ``Connection: close``, so its keep-alive runs become reconnects: that is part of
+the comparison.
+
+A fresh response of every workload is verified (parsed, and decrypted back through the
+same server) before and after each cell, and so are response bodies captured during
+the timed run. At set-up each server must refuse a tampered ciphertext, and keyplane
+a wrong signature unless it runs with ``--auth off`` (where it must accept one). So a
+broken server posts no numbers: its cell says INVALID and the exit status is 1. Missed
+targets are reported, not failed.
 
 The figures also go to ``bench/results/http-<UTC timestamp>.json`` with the commit,
 host, versions and settings.
 
 Run::
 
-    make bench-http                              # three to four minutes
-    .venv/bin/python bench/http.py --quick       # about a minute, 2 s per cell
+    make bench-http                              # four to five minutes
+    .venv/bin/python bench/http.py --quick       # about a minute and a half
     .venv/bin/python bench/http.py --loadgen python --duration 5
+    .venv/bin/python bench/http.py --rounds 9    # more auth on/off round pairs
 """
 
 from __future__ import annotations
@@ -55,12 +72,13 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
@@ -90,17 +108,28 @@ LOAD_CORE: Final = 1
 WRK_TIMEOUT_S: Final = 5
 START_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 20.0
+AUTH_CONNECTIONS: Final = 64
 
-# Both servers get the same bytes. keyplane does not check signatures yet; moto routes
-# a request to a service by the credential scope of the Authorization header.
-COMMON_HEADERS: Final[Mapping[str, str]] = {
-    "Content-Type": "application/x-amz-json-1.1",
-    "X-Amz-Date": "20260101T000000Z",
-    "Authorization": (
-        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/kms/"
-        "aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature=0000"
-    ),
-}
+# The one identity every request is signed as: AWS's documentation example key, given
+# to keyplane through BENCH_CONFIG and nowhere else. keyplane accepts only signatures
+# for its region and the "kms" service.
+REGION: Final = "us-east-1"
+ACCOUNT: Final = "111122223333"
+ACCESS_KEY: Final = "AKIAIOSFODNN7EXAMPLE"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # noqa: S105  AWS's doc example
+BENCH_CONFIG: Final = f"""\
+[[accounts]]
+id = "{ACCOUNT}"
+
+[[accounts.principals]]
+type = "user"
+name = "bench"
+access_keys = [{{ id = "{ACCESS_KEY}", secret = "{SECRET_KEY}" }}]
+policies = [{{ name = "all", document = {{ Version = "2012-10-17", Statement = [{{ \
+Effect = "Allow", Action = "kms:*", Resource = "*" }}] }} }}]
+"""
+
+CONTENT_TYPE: Final = "application/x-amz-json-1.1"
 
 # moto's server mode, with werkzeug's per-request log line silenced unless asked for,
 # so that by default neither server logs each request. A fixed program, not user input.
@@ -131,15 +160,43 @@ def progress(message: str) -> None:
 # what the benchmark verifies and what it times.
 
 
-def headers_for(target: str) -> dict[str, str]:
-    return {"X-Amz-Target": target, **COMMON_HEADERS}
+@functools.cache
+def _signer() -> Any:
+    # Imported here, after the sys.path fix at the top, because botocore imports
+    # ``http``.
+    from botocore.auth import SigV4Auth
+    from botocore.credentials import Credentials
+
+    return SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "kms", REGION)
+
+
+def headers_for(port: int, target: str, body: bytes) -> dict[str, str]:
+    """The headers of ``POST /`` to ``port``, signed now; good for five minutes.
+
+    Host is signed as ``loadgen.build_request`` and the wrk script send it, with the
+    port, but it is not among the headers returned: each sender writes its own.
+    """
+    from botocore.awsrequest import AWSRequest
+
+    request = AWSRequest(
+        method="POST",
+        url=f"http://{HOST}:{port}/",
+        data=body,
+        headers={"Content-Type": CONTENT_TYPE, "X-Amz-Target": target},
+    )
+    _signer().add_auth(request)
+    return {k: v for k, v in request.headers.items() if k.lower() != "host"}
 
 
 def post(
     port: int, target: str, body: bytes, timeout_s: float = 10.0
 ) -> tuple[int, bytes]:
-    """One request on a new connection: (status, body)."""
-    request = loadgen.build_request(HOST, port, body, headers_for(target))
+    """One request on a new connection, signed now: (status, body)."""
+    request = loadgen.build_request(HOST, port, body, headers_for(port, target, body))
+    return send(port, request, timeout_s)
+
+
+def send(port: int, request: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
     with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
         sock.sendall(request)
         return read_response(sock)
@@ -326,6 +383,30 @@ def make_workloads(port: int, key_id: str, plaintext: bytes) -> dict[str, Worklo
     }
 
 
+def verify_signature_handling(port: int, workload: Workload, checked: bool) -> None:
+    """keyplane must refuse a wrong signature when it checks them, and accept it with
+    --auth off; otherwise the auth on/off rows would not compare what they say.
+
+    The wrong signature is a fresh one with its last hex digit changed.
+    """
+    headers = headers_for(port, workload.target, workload.body)
+    signed = headers["Authorization"]
+    headers["Authorization"] = signed[:-1] + ("1" if signed[-1] == "0" else "0")
+    status, body = send(port, loadgen.build_request(HOST, port, workload.body, headers))
+    if not checked:
+        if status != 200:
+            raise VerificationError(
+                f"with auth off, a wrong signature got {status}: {body[:200]!r}"
+            )
+        return
+    if status == 200:
+        raise VerificationError("a request with a wrong signature was accepted")
+    if b"InvalidSignatureException" not in body:
+        raise VerificationError(
+            f"a wrong signature was refused for another reason: {status} {body[:200]!r}"
+        )
+
+
 def verify_fresh(port: int, workload: Workload) -> None:
     status, body = post(port, workload.target, workload.body)
     if status != 200:
@@ -376,11 +457,12 @@ class Server:
     """One server process, started pinned, stopped with SIGTERM."""
 
     name: str  # "keyplane" or "moto"
-    variant: str  # "" or "logging on"
+    variant: str  # "", "logging on", "auth on" or "auth off"
     proc: subprocess.Popen[bytes]
     port: int
     stderr_path: Path | None
     started_s: float
+    checks_signatures: bool = False
     exit_code: int | None = None
     stderr_tail: str = ""
 
@@ -433,12 +515,21 @@ def _read_line_until(
 
 
 def start_keyplane(
-    data_dir: Path, log_level: str, core: int | None, work: Path
+    data_dir: Path,
+    core: int | None,
+    work: Path,
+    *,
+    log_level: str = "WARNING",
+    auth: str = "sigv4",
+    variant: str = "",
 ) -> Server:
+    """keyplane with the bench's identities (``BENCH_CONFIG``), ``--auth`` as given."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    config = work / "keyplane.toml"
+    config.write_text(BENCH_CONFIG)
     # At INFO every request writes an access-log line to stderr, which goes to
     # /dev/null; at WARNING stderr is kept, to report anything the server complains of.
-    stderr_path = None if log_level == "INFO" else work / f"keyplane-{log_level}.err"
+    stderr_path = None if log_level == "INFO" else work / f"{data_dir.name}.err"
     stderr: IO[bytes] | int
     stderr = subprocess.DEVNULL if stderr_path is None else stderr_path.open("wb")
     started = time.monotonic()
@@ -457,6 +548,10 @@ def start_keyplane(
                 str(data_dir),
                 "--log-level",
                 log_level,
+                "--config",
+                str(config),
+                "--auth",
+                auth,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -479,8 +574,8 @@ def start_keyplane(
         proc.kill()
         proc.wait()
         raise
-    variant = "logging on" if log_level == "INFO" else ""
-    return Server("keyplane", variant, proc, int(match.group(1)), stderr_path, started)
+    port = int(match.group(1))
+    return Server("keyplane", variant, proc, port, stderr_path, started, auth != "off")
 
 
 def start_moto(request_log: bool, core: int | None, work: Path) -> Server:
@@ -539,9 +634,9 @@ def create_key(port: int) -> str:
     kms = boto3.client(
         "kms",
         endpoint_url=f"http://{HOST}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="y",  # noqa: S106 - a dummy; neither server checks it
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
     )
     key_id = kms.create_key(Description="bench/http.py")["KeyMetadata"]["KeyId"]
     if not isinstance(key_id, str):
@@ -639,9 +734,15 @@ end
 """
 
 
-def wrk_script(workload: Workload) -> str:
+def wrk_script(workload: Workload, port: int) -> str:
+    """The Lua script for one run: its request is signed now, so a script must not
+    outlive the five minutes a signature is accepted for."""
     lines = ['wrk.method = "POST"', 'wrk.path = "/"']
-    for name, value in headers_for(workload.target).items():
+    # Set here rather than left to wrk, so the Host sent is, byte for byte, the one
+    # signed (and the one loadgen.build_request sends).
+    headers = {"Host": f"{HOST}:{port}"}
+    headers.update(headers_for(port, workload.target, workload.body))
+    for name, value in headers.items():
         lines.append(f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}")
     lines.append(f"wrk.body = {_lua_string(workload.body.decode('ascii'))}")
     return "\n".join(lines) + "\n" + _WRK_DONE
@@ -666,7 +767,8 @@ class Wrk:
         self.work = work
 
     def version(self) -> str | None:
-        out = _run([self.exe, "-v"])
+        # wrk -v prints its version, then its usage, and exits with status 1.
+        out = _run([self.exe, "-v"], ok_status=(0, 1))
         return out.splitlines()[0].split(" Copyright")[0] if out else None
 
     def run(
@@ -674,7 +776,7 @@ class Wrk:
     ) -> Measurement:
         name = re.sub(r"[^A-Za-z0-9]+", "-", workload.label)
         script = self.work / f"wrk-{name}-{port}.lua"
-        script.write_text(wrk_script(workload))
+        script.write_text(wrk_script(workload, port))
         cmd = [
             self.exe,
             "-t1",
@@ -755,7 +857,7 @@ class Loadgen:
         self, port: int, workload: Workload, connections: int, seconds: int
     ) -> Measurement:
         request = loadgen.build_request(
-            HOST, port, workload.body, headers_for(workload.target)
+            HOST, port, workload.body, headers_for(port, workload.target, workload.body)
         )
         result = loadgen.run_load(
             HOST, port, request, connections=connections, duration_s=seconds, warmup_s=0
@@ -804,7 +906,10 @@ class Cell:
     waited_s: float = 0.0
     quiet: bool = True  # whether the machine was quiet when the cell began
     attempts: int = 1
-    role: str = "table"  # "table", or "cross" for the cross-check's second run
+    # "table"; "cross" for the cross-check's second run; "round" for one round of a
+    # comparison measured in alternating rounds, numbered from 1 in ``round``.
+    role: str = "table"
+    round: int = 0
 
     @property
     def rps(self) -> float | None:
@@ -858,6 +963,8 @@ class Settings:
     install_wrk: bool
     wait_per_cell_s: float
     wait_budget_s: float
+    rounds: int  # auth on/off round pairs
+    round_seconds: int  # timed seconds of each round
 
 
 def machine_busy_seconds() -> float | None:
@@ -1105,20 +1212,86 @@ class Target:
     met: bool
 
 
+@dataclass(frozen=True)
+class Pick:
+    """Which cells make up one side of a comparison: one table cell, or the rounds of
+    a comparison measured in alternating rounds."""
+
+    server: str
+    variant: str = ""
+    role: str = "table"
+
+
+KEYPLANE: Final = Pick("keyplane")
+MOTO: Final = Pick("moto")
+AUTH_ON: Final = Pick("keyplane", "auth on", "round")
+AUTH_OFF: Final = Pick("keyplane", "auth off", "round")
+OPERATIONS: Final = ("Encrypt", "Decrypt", "GenerateDataKey")
+
+
+@dataclass(frozen=True)
+class RatioTarget:
+    """A target on numerator req/s over denominator req/s, at least ``least``.
+
+    Each side's cells pair up in the order they ran (round 1 with round 1, ...), and
+    the figure is the median of the pairs' ratios; a side of one table cell makes one
+    pair, so the median is that pair's ratio.
+    """
+
+    goal: str
+    want: str
+    least: float
+    fmt: str
+    numerator: Pick
+    denominator: Pick
+    operation: str
+    connections: int
+
+
+RATIO_TARGETS: Final = (
+    *(
+        RatioTarget(
+            f"keyplane/moto {op}, 64 connections",
+            ">= 75x",
+            75.0,
+            "{:.1f}x",
+            KEYPLANE,
+            MOTO,
+            op,
+            64,
+        )
+        for op in OPERATIONS
+    ),
+    RatioTarget(
+        "Encrypt 64 conns, auth on / auth off",
+        ">= 0.85",
+        0.85,
+        "{:.2f}",
+        AUTH_ON,
+        AUTH_OFF,
+        "Encrypt",
+        AUTH_CONNECTIONS,
+    ),
+)
+
+
+def _picked(
+    cells: Sequence[Cell], pick: Pick, operation: str, conns: int
+) -> list[Cell]:
+    """The cells of one side, in the order they ran."""
+    return [
+        c
+        for c in cells
+        if (c.server, c.variant, c.role, c.operation, c.connections)
+        == (pick.server, pick.variant, pick.role, operation, conns)
+    ]
+
+
 def _cell(
     cells: Sequence[Cell], server: str, operation: str, conns: int, variant: str = ""
 ) -> Cell | None:
-    for c in cells:
-        if c.role != "table":
-            continue
-        if (c.server, c.variant, c.operation, c.connections) == (
-            server,
-            variant,
-            operation,
-            conns,
-        ):
-            return c
-    return None
+    found = _picked(cells, Pick(server, variant), operation, conns)
+    return found[0] if found else None
 
 
 def _usable(cell: Cell | None) -> bool:
@@ -1138,14 +1311,35 @@ def _why_not(cell: Cell | None) -> str:
     return f"{cell.errors} errors"
 
 
+def pair_ratios(numerator: Sequence[Cell], denominator: Sequence[Cell]) -> list[float]:
+    """req/s of each numerator cell over its partner's, pairing in order."""
+    return [
+        a.rps / b.rps
+        for a, b in zip(numerator, denominator, strict=False)
+        if a.rps is not None and b.rps
+    ]
+
+
+def paired_ratio(
+    numerator: Sequence[Cell], denominator: Sequence[Cell]
+) -> float | None:
+    """The median of the pairs' ratios, as ``bench/native.py`` judges its rounds.
+
+    This machine's speed swings two- to threefold within seconds. The two cells of a
+    pair ran one right after the other, so a swing moves both alike, and the median
+    leaves out the pairs a swing cut through.
+    """
+    ratios = pair_ratios(numerator, denominator)
+    return statistics.median(ratios) if ratios else None
+
+
 def ratio(
     cells: Sequence[Cell], operation: str, conns: int, variant: str = ""
 ) -> float | None:
-    kp = _cell(cells, "keyplane", operation, conns, variant)
-    moto = _cell(cells, "moto", operation, conns, variant)
-    if kp is None or moto is None or kp.rps is None or not moto.rps:
-        return None
-    return kp.rps / moto.rps
+    return paired_ratio(
+        _picked(cells, Pick("keyplane", variant), operation, conns),
+        _picked(cells, Pick("moto", variant), operation, conns),
+    )
 
 
 def evaluate(cells: Sequence[Cell]) -> list[Target]:
@@ -1174,26 +1368,30 @@ def evaluate(cells: Sequence[Cell]) -> list[Target]:
         lambda v: v >= 20_000,
         "{:,.0f}",
     )
-    for op in ("Encrypt", "Decrypt", "GenerateDataKey"):
-        moto = _cell(cells, "moto", op, 64)
-        kp = _cell(cells, "keyplane", op, 64)
-        r = ratio(cells, op, 64)
-        # The moto side must be clean too, or the ratio means nothing.
-        judged = kp if _usable(moto) else moto
-        add(
-            f"keyplane/moto {op}, 64 connections",
-            ">= 75x",
-            judged,
-            r,
-            lambda v: v >= 75,
-            "{:.1f}x",
+    for t in RATIO_TARGETS:
+        sides = (
+            _picked(cells, t.numerator, t.operation, t.connections),
+            _picked(cells, t.denominator, t.operation, t.connections),
         )
+        value, fmt = paired_ratio(*sides), t.fmt
+        # Every cell of both sides must be clean, or the ratio means nothing; the
+        # first that is not is the one the verdict names.
+        both = [*sides[0], *sides[1]]
+        judged = next((c for c in both if not _usable(c)), both[0] if both else None)
+        if not all(sides) or len(sides[0]) != len(sides[1]):
+            judged = None  # a side, or a round of one, never ran
+        if value is not None and value < t.least:
+            # More decimals, up to four, while a miss would print as the threshold.
+            while fmt.format(value) == fmt.format(t.least) and ".4f" not in fmt:
+                fmt = re.sub(r"\.(\d)f", lambda m: f".{int(m[1]) + 1}f", fmt)
+        ok = functools.partial(operator.le, t.least)  # least <= v
+        add(t.goal, t.want, judged, value, ok, fmt)
     # Latency targets: (percentile, connections, bound in ms, format).
     for stat, conns, bound, fmt in (
         ("p99", 64, 10.0, "{:.2f} ms"),
         ("p50", 1, 0.2, "{:.3f} ms"),
     ):
-        for op in ("Encrypt", "Decrypt", "GenerateDataKey"):
+        for op in OPERATIONS:
             kp = _cell(cells, "keyplane", op, conns)
             value = (
                 getattr(kp.measurement, f"{stat}_ms") if kp and kp.measurement else None
@@ -1258,6 +1456,16 @@ def _metrics(cell: Cell) -> str:
     )
 
 
+def median_round(rounds: Sequence[Cell]) -> Cell | None:
+    """The round to show for a side: the first invalid one, or else the one whose
+    req/s is the median (the lower of the middle two when there are an even number)."""
+    bad = [c for c in rounds if c.rps is None]
+    if bad:
+        return bad[0]
+    ordered = sorted(rounds, key=lambda c: c.rps or 0.0)
+    return ordered[(len(ordered) - 1) // 2] if ordered else None
+
+
 def render(
     cells: Sequence[Cell],
     cross: tuple[Cell, Cell] | None,
@@ -1298,6 +1506,26 @@ def render(
             f"{'  ' + c.server + ' ' + c.operation:<26} {c.connections:>5}  "
             f"{_metrics(c)}  {_num(r, '{:.1f}x'):>7}"
         )
+    on = _picked(cells, AUTH_ON, "Encrypt", AUTH_CONNECTIONS)
+    off = _picked(cells, AUTH_OFF, "Encrypt", AUTH_CONNECTIONS)
+    if on or off:
+        out.append(
+            "keyplane Encrypt, auth on (SigV4 and policies) vs --auth off: the median "
+            f"of {len(on)} and {len(off)} alternating rounds"
+        )
+        for label, rounds in (("auth on", on), ("auth off", off)):
+            shown = median_round(rounds)
+            if shown is not None:
+                out.append(
+                    f"{'  ' + label:<26} {shown.connections:>5}  {_metrics(shown)}"
+                )
+        pairs = pair_ratios(on, off)
+        if pairs:
+            out.append(
+                "  auth on / auth off req/s by round pair: "
+                + ", ".join(f"{r:.2f}" for r in pairs)
+                + f"; median {statistics.median(pairs):.2f}"
+            )
     batch = [c for c in cells if c.items_per_request > 1]
     if batch:
         out.append("")
@@ -1341,7 +1569,10 @@ def render(
 
 def _cell_name(c: Cell) -> str:
     variant = f" ({c.variant})" if c.variant else ""
-    return f"{c.server}{variant} {c.operation} x{c.connections} [{c.generator}]"
+    round_no = f" round {c.round}" if c.round else ""
+    return (
+        f"{c.server}{variant} {c.operation} x{c.connections}{round_no} [{c.generator}]"
+    )
 
 
 def cell_notes(cells: Sequence[Cell]) -> list[str]:
@@ -1427,6 +1658,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
         "(default 20, quick 5)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="rounds of keyplane Encrypt at 64 connections with auth on and with auth "
+        "off, alternating, each on a fresh server (default 5, quick 3)",
+    )
+    parser.add_argument(
         "--no-install", action="store_true", help="never apt-get install wrk"
     )
     parser.add_argument(
@@ -1445,6 +1683,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     wait = args.wait if args.wait is not None else (5 if args.quick else 20)
     if not 0 <= wait <= 300:
         parser.error("--wait must be 0 to 300 seconds")
+    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 5)
+    if not 1 <= rounds <= 50:
+        parser.error("--rounds must be 1 to 50")
     settings = Settings(
         seconds,
         warmup,
@@ -1453,6 +1694,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
         not args.no_install,
         wait_per_cell_s=wait,
         wait_budget_s=wait * 5,
+        rounds=rounds,
+        # Half a cell: a pair's two rounds then run closer together in time, and the
+        # run makes room for more pairs.
+        round_seconds=min(seconds, max(2, seconds // 2)),
     )
     return settings, args.json
 
@@ -1531,6 +1776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workloads = make_workloads(
                     server.port, create_key(server.port), plaintext
                 )
+                if server.name == "keyplane":
+                    verify_signature_handling(
+                        server.port, workloads["Encrypt"], server.checks_signatures
+                    )
                 body(server, workloads)
                 check_pinning(server, "at the end")
             except Exception as exc:  # a failed set-up voids this server's rows only
@@ -1585,18 +1834,61 @@ def main(argv: Sequence[str] | None = None) -> int:
                         measure(server, main_gen, wl[op], conns, settings, gate)
                     )
 
-        # keyplane without and then with its access log; then moto likewise; never two
-        # servers at once.
+        round_settings = replace(settings, seconds=settings.round_seconds)
+
+        def auth_round(number: int) -> Callable[[Server, dict[str, Workload]], None]:
+            def body(server: Server, wl: dict[str, Workload]) -> None:
+                cell = measure(
+                    server,
+                    main_gen,
+                    wl["Encrypt"],
+                    AUTH_CONNECTIONS,
+                    round_settings,
+                    gate,
+                )
+                cell.role, cell.round = "round", number
+                cells.append(cell)
+
+            return body
+
+        # keyplane without and then with its access log; keyplane with auth on and off
+        # in turns; then moto without and with its request log; never two servers at
+        # once.
         phase(
             "keyplane",
-            lambda: start_keyplane(work / "data-quiet", "WARNING", server_core, work),
+            functools.partial(start_keyplane, work / "data-quiet", server_core, work),
             keyplane_body,
         )
         phase(
             "keyplane (access log)",
-            lambda: start_keyplane(work / "data-info", "INFO", server_core, work),
+            functools.partial(
+                start_keyplane,
+                work / "data-info",
+                server_core,
+                work,
+                log_level="INFO",
+                variant="logging on",
+            ),
             encrypt_only,
         )
+        # Each round starts its server afresh, in a data directory kept from round to
+        # round, so the two sides differ only in --auth and alternate as closely as one
+        # server at a time allows.
+        for number in range(1, settings.rounds + 1):
+            for variant, auth in (("auth on", "sigv4"), ("auth off", "off")):
+                progress(f"auth round {number} of {settings.rounds}, {variant}")
+                phase(
+                    f"keyplane ({variant}) round {number}",
+                    functools.partial(
+                        start_keyplane,
+                        work / f"data-{variant.replace(' ', '-')}",
+                        server_core,
+                        work,
+                        auth=auth,
+                        variant=variant,
+                    ),
+                    auth_round(number),
+                )
         phase("moto", lambda: start_moto(False, server_core, work), moto_body)
         phase(
             "moto (request log)",
@@ -1621,6 +1913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if s["stderr_tail"].strip():
             first = s["stderr_tail"].strip().splitlines()[-1][:150]
             notes.append(f"{label} wrote to stderr (last line: {first!r})")
+    notes = list(dict.fromkeys(notes))  # the auth rounds' servers repeat their notes
 
     header = [
         f"keyplane HTTP throughput and latency vs moto, {created:%Y-%m-%d %H:%M} UTC, "
@@ -1635,6 +1928,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "GenerateDataKey AES_256",
         "keyplane --log-level WARNING (no access log); moto's per-request log "
         "silenced; moto closes every connection",
+        "every request SigV4-signed by one IAM user (kms:* allowed), which keyplane "
+        "checks, and moto ignores;",
+        f"auth on vs off: {settings.rounds} rounds a side, each "
+        f"{settings.warmup_seconds} s warm-up and {settings.round_seconds} s timed, "
+        "alternating, a fresh server each round",
         "errors: responses other than 200, plus socket errors; srv cpu, gen cpu: the "
         "server's and the load generator's CPU time over the window (100% = one core);",
         "other: CPU time of other processes, and time the hypervisor took, over the "
@@ -1652,6 +1950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "connections": c.connections,
             "generator": c.generator,
             "role": c.role,
+            "round": c.round or None,
             "items_per_request": c.items_per_request,
             "requests_per_second": c.rps,
             "items_per_second": c.items_per_second,
@@ -1674,6 +1973,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data["measurement"] = mj
         return data
 
+    auth_on = _picked(cells, AUTH_ON, "Encrypt", AUTH_CONNECTIONS)
+    auth_off = _picked(cells, AUTH_OFF, "Encrypt", AUTH_CONNECTIONS)
     report = {
         "created_utc": created.isoformat(timespec="seconds"),
         "git": git,
@@ -1694,6 +1995,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wrk_timeout_seconds": WRK_TIMEOUT_S,
             "pinning": pinning,
             "keyplane_log_level": "WARNING (and INFO for the logging-on rows)",
+            "keyplane_auth": "sigv4 (and off for the auth-off rounds)",
+            "auth_connections": AUTH_CONNECTIONS,
             "moto_request_log": "off (and on for the logging-on rows)",
         },
         "elapsed_seconds": round(elapsed, 1),
@@ -1705,9 +2008,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     c.key()
                     for c in cells
-                    if c.server == "keyplane" and c.items_per_request == 1
+                    if c.server == "keyplane"
+                    and c.items_per_request == 1
+                    and c.role == "table"
                 }
             )
+        },
+        "auth_on_over_auth_off": {
+            "operation": "Encrypt",
+            "connections": AUTH_CONNECTIONS,
+            "auth_on_requests_per_second": [c.rps for c in auth_on],
+            "auth_off_requests_per_second": [c.rps for c in auth_off],
+            "pair_ratios": pair_ratios(auth_on, auth_off),
+            "median_ratio": paired_ratio(auth_on, auth_off),
         },
         "targets": [asdict(t) for t in targets],
         "servers": servers,

@@ -10,7 +10,7 @@ than posting a number.
 
 Run::
 
-    .venv/bin/python -m pytest bench/test_bench_policy.py --benchmark-only
+    .venv/bin/python -m pytest bench/test_bench_policy.py --benchmark-enable
 """
 
 from __future__ import annotations
