@@ -637,59 +637,32 @@ def test_explain_access_names_the_deciding_statement(
         assert exc.value.code == "AccessDeniedException"
 
 
+def _explain(server: ServerProcess, signer: str, *args: str) -> Any:
+    """``keyplane explain`` run as a user would, signing as ``signer``."""
+    key_id, secret = KEYS[signer]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    command = [sys.executable, "-m", "keyplane", "explain"]
+    return subprocess.run(
+        [*command, "--endpoint", server.endpoint, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_the_explain_command(server: ServerProcess, as_: Any, key: dict) -> None:
-    key_id, secret = KEYS["alice"]
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": key_id,
-        "AWS_SECRET_ACCESS_KEY": secret,
-    }
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keyplane",
-            "explain",
-            "--endpoint",
-            server.endpoint,
-            "--action",
-            "kms:ScheduleKeyDeletion",
-            "--key",
-            key["id"],
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    question = ("--action", "kms:ScheduleKeyDeletion", "--key", key["id"])
     # alice may not read the key policy, so she may not ask how it treats anyone.
+    out = _explain(server, "alice", *question)
     assert out.returncode == 1 and "AccessDeniedException" in out.stderr
-    key_id, secret = KEYS["admin"]
-    env.update(AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keyplane",
-            "explain",
-            "--endpoint",
-            server.endpoint,
-            "--action",
-            "kms:ScheduleKeyDeletion",
-            "--key",
-            key["id"],
-            "--principal",
-            arn("alice"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = _explain(server, "admin", *question, "--principal", arn("alice"))
     assert out.returncode == 3, out.stderr
-    assert json.loads(out.stdout)["Allowed"] is False
+    answer = json.loads(out.stdout)
+    assert (answer["Allowed"], answer["Principal"]) == (False, arn("alice"))
+    out = _explain(server, "admin", *question)
+    assert out.returncode == 0 and json.loads(out.stdout)["Allowed"] is True
 
 
 def test_batch_items_are_authorized_one_by_one(

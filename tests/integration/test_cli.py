@@ -19,14 +19,19 @@ AWS = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which
 pytestmark = pytest.mark.skipif(AWS is None, reason="the AWS CLI is a test dependency")
 
 
-def aws(server, *args: str) -> dict:
+def aws(server, *args: str, credentials: dict[str, str] | None = None) -> dict:
+    """Run ``aws kms ...`` against the server, signing with the test admin's key
+    unless ``credentials`` (environment variables) say otherwise."""
     env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_MAX_ATTEMPTS": "1",
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")
     }
+    env.update(
+        credentials
+        or {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    )
+    env.update(AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1")
     out = subprocess.run(
         [AWS, "kms", *args, "--endpoint-url", server.endpoint, "--output", "json"],
         capture_output=True,
@@ -64,34 +69,15 @@ def test_development_mode_admin_credentials(tmp_path):
     try:
         credentials = server.data_dir / "credentials"
         assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
-        env = {
-            **os.environ,
-            "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_MAX_ATTEMPTS": "1",
-        }
-        env.pop("AWS_ACCESS_KEY_ID", None)
-        env.pop("AWS_SECRET_ACCESS_KEY", None)
-        out = subprocess.run(
-            [
-                AWS,
-                "kms",
-                "create-key",
-                "--profile",
-                "keyplane",
-                "--endpoint-url",
-                server.endpoint,
-                "--output",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
+        made = aws(
+            server,
+            "create-key",
+            credentials={
+                "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+                "AWS_PROFILE": "keyplane",
+            },
         )
-        assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["KeyMetadata"]["Arn"].startswith(
+        assert made["KeyMetadata"]["Arn"].startswith(
             "arn:aws:kms:us-east-1:111122223333:key/"
         )
         key_id = credentials.read_text().split("aws_access_key_id = ")[1].split()[0]

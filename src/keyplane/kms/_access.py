@@ -118,14 +118,7 @@ class Authorizer:
             and not _log.isEnabledFor(logging.DEBUG)
         ):
             return cached
-        request = Request(
-            ctx.caller,
-            action,
-            key.arn,
-            key.account,
-            _Conditions(self, ctx, key, values),
-            encryption_context,
-        )
+        request = self._request(ctx, action, key, values, encryption_context)
         if cached is not None:
             decision = cached
         elif key.account != ctx.account and action not in CROSS_ACCOUNT_ACTIONS:
@@ -155,14 +148,7 @@ class Authorizer:
         """
         if not self.enabled:
             return
-        request = Request(
-            ctx.caller,
-            action,
-            resource,
-            ctx.account,
-            _Conditions(self, ctx, None, values),
-            None,
-        )
+        request = self._request(ctx, action, None, values, None, resource)
         self._conclude(ctx, request, evaluate(request, None))
 
     def allows_with(
@@ -170,14 +156,7 @@ class Authorizer:
     ) -> bool:
         """Whether ``document``, were it the key's policy, would allow ``action``
         (the lockout safety check of CreateKey and PutKeyPolicy)."""
-        request = Request(
-            ctx.caller,
-            action,
-            key.arn,
-            key.account,
-            _Conditions(self, ctx, key, None),
-            None,
-        )
+        request = self._request(ctx, action, key, None, None)
         return evaluate(request, document, key.policy_grants()).allowed
 
     def explain(
@@ -190,21 +169,32 @@ class Authorizer:
     ) -> Decision:
         """The decision for ``action`` without raising or caching (for ExplainAccess),
         made as ``check_key`` or ``check_account`` would make it."""
-        resource = key.arn if key is not None else "*"
-        account = key.account if key is not None else ctx.account
-        request = Request(
-            ctx.caller,
-            action,
-            resource,
-            account,
-            _Conditions(self, ctx, key, None),
-            encryption_context,
-        )
+        request = self._request(ctx, action, key, None, encryption_context)
         if key is None:
             return evaluate(request, None)
         if key.account != ctx.account and action not in CROSS_ACCOUNT_ACTIONS:
             return _NOT_CROSS_ACCOUNT
         return evaluate(request, key.policy_document(), key.policy_grants())
+
+    def _request(
+        self,
+        ctx: RequestContext,
+        action: str,
+        key: KmsKey | None,
+        values: Mapping[str, object] | None,
+        encryption_context: Mapping[str, str] | None,
+        resource: str = "*",
+    ) -> Request:
+        """The request the policy engine judges: on ``key``, or else on ``resource``
+        of the caller's own account."""
+        return Request(
+            ctx.caller,
+            action,
+            key.arn if key is not None else resource,
+            key.account if key is not None else ctx.account,
+            _Conditions(self, ctx, key, values),
+            encryption_context,
+        )
 
     def _conclude(
         self, ctx: RequestContext, request: Request, decision: Decision
