@@ -41,7 +41,7 @@ AUTH_MODES: Final = ("sigv4", "off")
 
 # IAM's rules: user and role names are 1-64 of these characters; access key ids are
 # upper-case letters and digits, 16-128 of them.
-_PRINCIPAL_NAME = re.compile(r"[\w+=,.@-]{1,64}")
+_PRINCIPAL_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 _ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
 
 

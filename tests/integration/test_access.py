@@ -57,7 +57,11 @@ CAROL_POLICY = json.dumps(
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
-            {"Effect": "Deny", "Action": "kms:Decrypt", "Resource": "*"},
+            {
+                "Effect": "Deny",
+                "Action": ["kms:Decrypt", "kms:RetireGrant"],
+                "Resource": "*",
+            },
         ],
     }
 )
@@ -75,6 +79,8 @@ EVE_POLICY = json.dumps(
                     "kms:CreateKey",
                     "kms:CreateGrant",
                     "kms:ListKeys",
+                    "kms:ListRetirableGrants",
+                    "kms:ListAliases",
                 ],
                 "Resource": "*",
             }
@@ -557,10 +563,75 @@ def test_grant_names_make_create_grant_idempotent(as_: Any, key: dict) -> None:
     assert other["GrantId"] != first["GrantId"]
 
 
-def test_bad_grant_tokens_are_refused(as_: Any, key: dict) -> None:
+def test_grant_names_are_per_issuing_account(as_: Any, shared_key: dict) -> None:
+    args = {
+        "KeyId": shared_key["arn"],
+        "GranteePrincipal": arn("mallory", OTHER),
+        "Operations": ["Encrypt"],
+        "Name": "same-name",
+    }
+    ours, theirs = as_("admin").create_grant(**args), as_("eve").create_grant(**args)
+    assert ours["GrantId"] != theirs["GrantId"]
+
+
+def _forged(token: str, **change: int) -> str:
+    """``token`` with one byte changed (by default in its HMAC tag)."""
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    raw[change.get("at", -1)] ^= 1
+    return base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+
+
+def test_only_issued_grant_tokens_are_accepted(as_: Any, key: dict) -> None:
+    admin = as_("admin")
+    made = admin.create_grant(
+        KeyId=key["id"], GranteePrincipal=arn("bob"), Operations=["Encrypt"]
+    )
+    admin.encrypt(KeyId=key["id"], Plaintext=b"x", GrantTokens=[made["GrantToken"]])
+    for bad in (
+        "nope",
+        _forged(made["GrantToken"]),
+        _forged(made["GrantToken"], at=20),
+    ):
+        with pytest.raises(ClientError) as exc:
+            admin.encrypt(KeyId=key["id"], Plaintext=b"x", GrantTokens=[bad])
+        assert error(exc) == (
+            "InvalidGrantTokenException",
+            "The grant token is not valid.",
+        )
+        with pytest.raises(ClientError) as exc:
+            as_("bob").retire_grant(GrantToken=bad)
+        assert error(exc)[0] == "InvalidGrantTokenException"
+    # A token does not outlive its grant.
+    admin.revoke_grant(KeyId=key["id"], GrantId=made["GrantId"])
     with pytest.raises(ClientError) as exc:
-        as_("admin").encrypt(KeyId=key["id"], Plaintext=b"x", GrantTokens=["nope"])
+        admin.encrypt(KeyId=key["id"], Plaintext=b"x", GrantTokens=[made["GrantToken"]])
     assert error(exc)[0] == "InvalidGrantTokenException"
+
+
+def test_an_explicit_deny_stops_the_retiring_principal(as_: Any, key: dict) -> None:
+    made = as_("admin").create_grant(
+        KeyId=key["id"],
+        GranteePrincipal=arn("bob"),
+        RetiringPrincipal=arn("carol"),
+        Operations=["Encrypt"],
+    )
+    denied(as_("carol").retire_grant, GrantToken=made["GrantToken"])
+    as_("admin").retire_grant(KeyId=key["id"], GrantId=made["GrantId"])
+
+
+def test_grant_operations_take_no_alias(as_: Any, key: dict) -> None:
+    admin = as_("admin")
+    admin.create_alias(AliasName=f"alias/grants-{key['id'][:8]}", TargetKeyId=key["id"])
+    for call, args in (
+        (
+            admin.create_grant,
+            {"GranteePrincipal": arn("bob"), "Operations": ["Encrypt"]},
+        ),
+        (admin.list_grants, {}),
+    ):
+        with pytest.raises(ClientError) as exc:
+            call(KeyId=f"alias/grants-{key['id'][:8]}", **args)
+        assert error(exc)[0] == "NotFoundException"
 
 
 def test_a_cross_account_grant(as_: Any, shared_key: dict) -> None:
@@ -581,6 +652,61 @@ def test_a_cross_account_grant(as_: Any, shared_key: dict) -> None:
     grants = as_("admin").list_grants(KeyId=shared_key["id"])["Grants"]
     issued = {g["GrantId"]: g["IssuingAccount"] for g in grants}
     assert issued[made["GrantId"]] == f"arn:aws:iam::{OTHER}:root"
+    # The key's own account may retire a grant another account created on its key.
+    as_("admin").retire_grant(KeyId=shared_key["id"], GrantId=made["GrantId"])
+    denied(as_("mallory").encrypt, KeyId=shared_key["arn"], Plaintext=b"m")
+
+
+def test_retirable_grants_of_a_principal_on_any_accounts_keys(
+    as_: Any, shared_key: dict
+) -> None:
+    made = as_("admin").create_grant(
+        KeyId=shared_key["id"],
+        GranteePrincipal=arn("mallory", OTHER),
+        RetiringPrincipal=arn("eve", OTHER),
+        Operations=["Encrypt"],
+    )
+    listed = as_("eve").list_retirable_grants(RetiringPrincipal=arn("eve", OTHER))
+    assert made["GrantId"] in {g["GrantId"] for g in listed["Grants"]}
+    # Only for principals of one's own account.
+    denied(as_("admin").list_retirable_grants, RetiringPrincipal=arn("eve", OTHER))
+    as_("eve").retire_grant(GrantToken=made["GrantToken"])
+
+
+def test_list_aliases_is_not_cross_account(as_: Any, shared_key: dict) -> None:
+    with pytest.raises(ClientError) as exc:
+        as_("eve").list_aliases(KeyId=shared_key["arn"])
+    assert error(exc)[0] == "NotFoundException"
+
+
+def test_request_alias_and_algorithm_conditions(
+    server: ServerProcess, as_: Any
+) -> None:
+    text = policy(
+        {
+            "Sid": "bob by alias only",
+            "Effect": "Allow",
+            "Principal": {"AWS": arn("bob")},
+            "Action": ["kms:Encrypt", "kms:Decrypt"],
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {
+                    "kms:RequestAlias": "alias/bob-only",
+                    "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                }
+            },
+        }
+    )
+    key_id = as_("admin").create_key(Policy=text)["KeyMetadata"]["KeyId"]
+    as_("admin").create_alias(AliasName="alias/bob-only", TargetKeyId=key_id)
+    bob = as_("bob")
+    blob = bob.encrypt(KeyId="alias/bob-only", Plaintext=b"a")["CiphertextBlob"]
+    denied(bob.encrypt, KeyId=key_id, Plaintext=b"a")
+    assert bob.decrypt(CiphertextBlob=blob, KeyId="alias/bob-only")["Plaintext"]
+    denied(bob.decrypt, CiphertextBlob=blob)
+    with _batch_client(server, "bob") as batch:
+        (sealed,) = batch.encrypt("alias/bob-only", [b"b"])
+        assert "CiphertextBlob" in sealed
 
 
 def test_dry_run_checks_authorization(as_: Any, key: dict) -> None:
@@ -627,14 +753,22 @@ def test_explain_access_names_the_deciding_statement(
         assert "kms:Decrypt" in refused["Reason"]
         mine = admin.explain_access("kms:CreateKey")
         assert mine["Allowed"] and mine["Source"] == "identity-policy"
+        # Another account's principal's identity policies are not ours to see.
+        with pytest.raises(BatchRequestError) as exc:
+            admin.explain_access(
+                "kms:Encrypt", key_id=key_id, principal=arn("eve", OTHER)
+            )
+        assert exc.value.code == "AccessDeniedException"
     # Explaining how a key's policy treats someone needs kms:GetKeyPolicy on it.
     with _batch_client(server, "alice") as alice:
         with pytest.raises(BatchRequestError) as exc:
             alice.explain_access("kms:Encrypt", key_id=key_id, principal=arn("bob"))
         assert exc.value.code == "AccessDeniedException"
-        with pytest.raises(BatchRequestError) as exc:
-            alice.explain_access("kms:CreateKey", principal=arn("bob"))
-        assert exc.value.code == "AccessDeniedException"
+        # Whether a principal exists is not told to those who may not ask about it.
+        for someone in (arn("bob"), arn("nobody"), arn("eve", OTHER)):
+            with pytest.raises(BatchRequestError) as exc:
+                alice.explain_access("kms:CreateKey", principal=someone)
+            assert exc.value.code == "AccessDeniedException"
 
 
 def _explain(server: ServerProcess, signer: str, *args: str) -> Any:

@@ -11,7 +11,7 @@ from tests.integration.conftest import ServerProcess
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
-def test_restart_keeps_keys_aliases_and_ciphertexts(tmp_path, sig):
+def test_restart_keeps_keys_aliases_policies_grants_and_ciphertexts(tmp_path, sig):
     server = ServerProcess(tmp_path / "data")
     server.start()
     try:
@@ -31,6 +31,16 @@ def test_restart_keeps_keys_aliases_and_ciphertexts(tmp_path, sig):
             for k in keys[:2]
         }
         data_key = kms.generate_data_key(KeyId=alias, KeySpec="AES_256")
+        policy = kms.get_key_policy(KeyId=keys[0])["Policy"].replace(
+            "Enable IAM User Permissions", "Enable IAM policies, kept"
+        )
+        kms.put_key_policy(KeyId=keys[0], PolicyName="default", Policy=policy)
+        grant = kms.create_grant(
+            KeyId=keys[1],
+            GranteePrincipal="arn:aws:iam::111122223333:user/admin",
+            Operations=["Encrypt"],
+            Constraints={"EncryptionContextSubset": {"k": keys[1]}},
+        )
 
         server.restart(sig)
         kms = server.client()
@@ -48,6 +58,14 @@ def test_restart_keeps_keys_aliases_and_ciphertexts(tmp_path, sig):
             {"TagKey": "t", "TagValue": "v"}
         ]
         assert {k["KeyId"] for k in kms.list_keys()["Keys"]} >= set(keys)
+        assert kms.get_key_policy(KeyId=keys[0])["Policy"] == policy
+        (kept,) = kms.list_grants(KeyId=keys[1])["Grants"]
+        assert (kept["GrantId"], kept["Constraints"]) == (
+            grant["GrantId"],
+            {"EncryptionContextSubset": {"k": keys[1]}},
+        )
+        # The token issued before the restart still checks out.
+        kms.encrypt(KeyId=keys[1], Plaintext=b"x", GrantTokens=[grant["GrantToken"]])
     finally:
         server.stop()
 

@@ -197,7 +197,7 @@ class Api:
         request.key_id = key_id if isinstance(key_id, str) else None
         tokens = params.get("GrantTokens")
         if tokens:
-            grants.check_grant_tokens(tokens)
+            grants.check_grant_tokens(self.service, tokens)
         return handler(self.service, context, params)
 
     def metrics(self) -> dict[str, Any]:

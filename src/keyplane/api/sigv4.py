@@ -26,7 +26,10 @@ What it does not support, on purpose:
 
 The order of the checks, and so which error a request with several faults gets, follows
 the order AWS's JSON services were observed to use: parameters, date, ``host`` signed,
-algorithm, credential shape, credential scope, access key, then the signature.
+algorithm, credential shape, credential scope, access key, then the signature. One check
+is keyplane's own: a request that names its operation in ``X-Amz-Target`` must sign that
+header (every AWS SDK does), so that a captured request cannot be replayed as another
+operation.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ MSG_SIGNATURE_MISMATCH: Final = (
 MSG_HOST_NOT_SIGNED: Final = (
     "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
 )
+MSG_TARGET_NOT_SIGNED: Final = (
+    "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."
+)
 MSG_BOTH_SIGNATURES: Final = (
     "Found both 'X-Amz-Algorithm' as a query-string param and 'Authorization' as "
     "HTTP header."
@@ -85,6 +91,7 @@ _MSG_REQUIRES_DATE: Final = (
 _X_AMZ_DATE: Final = b"x-amz-date"
 _DATE: Final = b"date"
 _HOST: Final = b"host"
+_TARGET: Final = b"x-amz-target"
 _AUTHORITY: Final = b":authority"
 _SECURITY_TOKEN: Final = b"x-amz-security-token"
 _CONTENT_SHA256: Final = b"x-amz-content-sha256"
@@ -292,6 +299,10 @@ class Verifier:
         names = signed.lower().split(b";")
         if _HOST not in names and _AUTHORITY not in names:
             raise InvalidSignatureError(MSG_HOST_NOT_SIGNED)
+        if _TARGET in headers and _TARGET not in names:
+            # The operation must be signed, or a captured request could be replayed
+            # as another operation (the body alone does not say which).
+            raise InvalidSignatureError(MSG_TARGET_NOT_SIGNED)
         if algorithm != _ALGORITHM_BYTES:
             raise IncompleteSignatureError(
                 f"Unsupported AWS 'algorithm': '{_shown(algorithm)}' "
@@ -380,7 +391,7 @@ class Verifier:
         same order, minus those the prefix settles. None when the request's date is
         not of the plan's day, for the full path to judge."""
         raw_date = headers.get(_X_AMZ_DATE)
-        if raw_date is None:
+        if raw_date is None or (not plan.signs_target and _TARGET in headers):
             return None
         stamp, when = self._request_time(raw_date, from_amz=True)
         if stamp[:8] != plan.date:
@@ -440,6 +451,7 @@ class Verifier:
             known=known,
             date=date,
             names=tuple(names),
+            signs_target=_TARGET in names,
             values_of=operator.itemgetter(*names),
             block_template=b"".join(name + b":%b\n" for name in names),
             signed_line=b"\n" + b";".join(names) + b"\n",
@@ -561,6 +573,7 @@ class _Plan:
     known: Credential
     date: str
     names: tuple[bytes, ...]  # sorted, lower-case
+    signs_target: bool  # whether X-Amz-Target is among them
     values_of: Callable[[Mapping[bytes, bytes]], Any]  # the signed headers' values
     block_template: bytes  # the canonical header block with %b for each value
     signed_line: bytes  # "\n" + the signed header names joined with ";" + "\n"

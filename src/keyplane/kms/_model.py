@@ -151,6 +151,10 @@ class KeyGrant:
     constraints: dict[str, dict[str, str]] | None
     issuing_account: str
     rule: Grant
+    # Grant tokens carry an HMAC under this, so only tokens this service issued for
+    # this grant check out. Stored beside the grant: a token only identifies its grant
+    # (it never gives more than the grant), so the store holding it gives no one more.
+    token_secret: bytes = field(repr=False, default=b"")
 
     @classmethod
     def build(
@@ -173,6 +177,7 @@ class KeyGrant:
             operations=tuple(data["operations"]),
             constraints=constraints,
             issuing_account=data["issuing_account"],
+            token_secret=bytes.fromhex(data.get("token_secret", "")),
             rule=Grant(
                 grant_id,
                 data["grantee"],
@@ -205,6 +210,7 @@ class KeyGrant:
                 "operations": list(self.operations),
                 "constraints": self.constraints,
                 "issuing_account": self.issuing_account,
+                "token_secret": self.token_secret.hex(),
             },
         )
 

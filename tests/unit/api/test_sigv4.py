@@ -92,7 +92,7 @@ class Request:
 def sign(
     body: bytes = BODY,
     *,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str | None] | None = None,
     params: Any = None,
     path: str = "/",
     key_id: str = KEY_ID,
@@ -108,9 +108,13 @@ def sign(
         url=f"http://{HOST}{path}",
         data=body,
         headers={
-            "X-Amz-Target": "TrentService.Encrypt",
-            "Content-Type": "application/x-amz-json-1.1",
-            **(headers or {}),
+            name: value
+            for name, value in {
+                "X-Amz-Target": "TrentService.Encrypt",
+                "Content-Type": "application/x-amz-json-1.1",
+                **(headers or {}),
+            }.items()
+            if value is not None  # None leaves a default header out
         },
         params=params or {},
     )
@@ -819,10 +823,28 @@ def _warm() -> Verifier:
     return v
 
 
+def _short_path_calls(v: Verifier, request: Request) -> list[Any]:
+    """Verify ``request`` and return what the short path answered (empty when it was
+    not taken); it raises as verify raises."""
+    answers: list[Any] = []
+    original = Verifier._verify_planned
+
+    def spy(self: Verifier, *args: Any) -> Any:
+        answers.append(original(self, *args))
+        return answers[-1]
+
+    with mock.patch.object(Verifier, "_verify_planned", spy):
+        verify(request, v)
+    return answers
+
+
 def test_the_short_path_accepts_a_fresh_signature():
     v = _warm()
     other = sign(b'{"KeyId":"alias/test","Plaintext":"b3RoZXI="}')
-    assert verify(other, v).credential is ALICE
+    (answer,) = _short_path_calls(v, other)
+    assert answer is not None and answer.credential is ALICE
+    # ...and a cold verifier takes the full path for the same request.
+    assert _short_path_calls(verifier(), other) == []
 
 
 @pytest.mark.parametrize(
@@ -841,12 +863,30 @@ def test_the_short_path_accepts_a_fresh_signature():
 def test_the_short_path_refuses_what_the_full_path_refuses(change, message):
     v = _warm()
     request = change(sign())
-    with pytest.raises(AuthenticationError) as warm:
+    spied = mock.patch.object(
+        Verifier, "_verify_planned", autospec=True, side_effect=Verifier._verify_planned
+    )
+    with spied as short_path, pytest.raises(AuthenticationError) as warm:
         verify(request, v)
+    assert short_path.called
     with pytest.raises(AuthenticationError) as cold:
         verify(request)
     assert (type(warm.value), str(warm.value)) == (type(cold.value), str(cold.value))
     assert str(warm.value) == message
+
+
+def test_an_unsigned_operation_is_refused_on_both_paths():
+    # Signed without any X-Amz-Target (so not over it), then one added: a captured
+    # request must not be replayable as another operation.
+    untargeted = sign(headers={"X-Amz-Target": None})
+    assert b"x-amz-target" not in untargeted.auth
+    replayed = untargeted.with_headers(x_amz_target=b"TrentService.DisableKey")
+    message = "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization."
+    refused(replayed, InvalidSignatureError, message)
+    # A verifier that remembered the untargeted prefix refuses it the same way.
+    v = verifier()
+    verify(untargeted, v)
+    refused(replayed, InvalidSignatureError, message, v)
 
 
 def test_the_short_path_checks_the_clock():

@@ -120,6 +120,10 @@ def list_aliases(
     ]
     if key_id is not None:
         key = svc.resolve(ctx, key_id, aliases=False)
+        if key.account != ctx.account:
+            # Not a cross-account operation: another account's key is, to this
+            # caller, as absent as one that does not exist.
+            raise NotFoundError(f"Key '{key.arn}' does not exist")
         aliases = [a for a in aliases if a.key_id == key.key_id]
     aliases.sort(key=lambda a: a.name)
     return page(

@@ -22,6 +22,7 @@ from keyplane.kms import _blob
 from keyplane.kms._model import KmsKey
 from keyplane.kms._service import KmsService, RequestContext, with_request_alias
 from keyplane.kms.ops.crypto import (
+    ALGORITHM_VALUES,
     MAX_PLAINTEXT_BYTES,
     Opened,
     Sealed,
@@ -118,7 +119,12 @@ class _Group:
         return self.key.versions[self.version - 1]
 
 
-def _resolver(svc: KmsService, ctx: RequestContext, action: str) -> Any:
+def _resolver(
+    svc: KmsService,
+    ctx: RequestContext,
+    action: str,
+    values: Mapping[str, object] | None = None,
+) -> Any:
     """Resolve KeyId members once per distinct value (a batch usually names one key),
     then authorize each item with its own encryption context: decisions that do not
     depend on the context are cached on the key, so that costs a lookup per item."""
@@ -139,7 +145,7 @@ def _resolver(svc: KmsService, ctx: RequestContext, action: str) -> Any:
             action,
             found,
             encryption_context=context,
-            values=with_request_alias(key_id, None),
+            values=with_request_alias(key_id, values),
         )
         _usable(found, None, False)
         return found
@@ -153,7 +159,7 @@ async def batch_encrypt(
     """Encrypt every item; per item a Sealed or the error that failed it alone."""
     _check_count(len(items))
     results: list[Sealed | KeyplaneError] = [ValidationError("")] * len(items)
-    resolve = _resolver(svc, ctx, "kms:Encrypt")
+    resolve = _resolver(svc, ctx, "kms:Encrypt", ALGORITHM_VALUES)
     groups = _Groups()
     for i, item in enumerate(items):
         try:
@@ -205,7 +211,11 @@ async def batch_decrypt(
             head, sealed = _blob.parse(item.ciphertext_blob)
             key = _key_of_blob(svc, head)
             svc.access.check_key(
-                ctx, "kms:Decrypt", key, encryption_context=item.encryption_context
+                ctx,
+                "kms:Decrypt",
+                key,
+                encryption_context=item.encryption_context,
+                values=with_request_alias(item.key_id or "", ALGORITHM_VALUES),
             )
             if item.key_id is not None and named(item.key_id) is not key:
                 raise IncorrectKeyError(

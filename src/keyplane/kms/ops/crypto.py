@@ -22,7 +22,7 @@ from keyplane.errors import (
 )
 from keyplane.kms import _blob
 from keyplane.kms._model import ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT, KmsKey
-from keyplane.kms._service import KmsService, RequestContext
+from keyplane.kms._service import KmsService, RequestContext, with_request_alias
 from keyplane.kms._state import Op, require
 
 # AWS KMS API reference: Encrypt takes 1..4096 bytes; data keys are 1..1024 bytes.
@@ -153,7 +153,7 @@ async def decrypt(
         "kms:Decrypt",
         key,
         encryption_context=encryption_context,
-        values=ALGORITHM_VALUES,
+        values=with_request_alias(key_id or "", ALGORITHM_VALUES),
     )
     if key_id is not None and svc.resolve(ctx, key_id) is not key:
         raise IncorrectKeyError(
@@ -210,7 +210,7 @@ async def re_encrypt(
         "kms:ReEncryptFrom",
         source,
         encryption_context=source_encryption_context,
-        values=ALGORITHM_VALUES,
+        values=with_request_alias(source_key_id or "", ALGORITHM_VALUES),
     )
     if source_key_id is not None and svc.resolve(ctx, source_key_id) is not source:
         raise IncorrectKeyError(

@@ -37,21 +37,35 @@ def explain_access(
     """
     if not action.startswith("kms:") or not action[4:].isalnum():
         raise ValidationError(f"Action must be kms:<Operation>, not {action!r}")
-    who = ctx.caller if principal is None else svc.callers.get(principal)
+    principal = principal or ctx.principal
+    # Everything is authorized before the principal is looked up, so that the answer
+    # never tells a caller whether a principal exists unless it may ask about it. An
+    # answer shows the subject's identity policies at work: only its own account may
+    # see them.
+    if principal != ctx.principal and _account_of(principal) != ctx.account:
+        raise _refused(ctx, principal, "a principal of another account")
+    key = None
+    if key_id is not None:
+        key = svc.authorized(ctx, "kms:GetKeyPolicy", key_id)
+    elif principal != ctx.principal and not ctx.caller.is_root:
+        raise _refused(ctx, principal, "only it and its account's root may")
+    who = svc.callers.get(principal) if principal != ctx.principal else ctx.caller
     if who is None:
         raise NotFoundError(f"Principal {principal} does not exist")
     subject = RequestContext(who, ctx.region, ctx.request_id, ctx.source_ip)
-    if key_id is not None:
-        key = svc.authorized(ctx, "kms:GetKeyPolicy", key_id)
-        decision = svc.access.explain(
-            subject, action, key, encryption_context=encryption_context
-        )
-        return who.arn, key.arn, decision
-    if who.arn != ctx.principal and not (
-        ctx.caller.is_root and ctx.account == who.account
-    ):
-        raise AccessDeniedError(
-            f"User: {ctx.principal} is not authorized to explain the access of "
-            f"{who.arn}: only that principal and its account's root may"
-        )
-    return who.arn, "*", svc.access.explain(subject, action, None)
+    decision = svc.access.explain(
+        subject, action, key, encryption_context=encryption_context
+    )
+    return who.arn, key.arn if key is not None else "*", decision
+
+
+def _account_of(principal: str) -> str:
+    parts = principal.split(":", 5)
+    return parts[4] if len(parts) == 6 else ""
+
+
+def _refused(ctx: RequestContext, principal: str, why: str) -> AccessDeniedError:
+    return AccessDeniedError(
+        f"User: {ctx.principal} is not authorized to explain the access of "
+        f"{principal}: {why}"
+    )

@@ -2,14 +2,16 @@
 RevokeGrant, and the grant tokens every operation accepts.
 
 A grant takes effect the moment CreateGrant commits it (keyplane has no propagation
-delay), so a grant token's only job here is to be one this service issued: a token is
-a version byte, the grant id and 32 random bytes, base64url-encoded.
+delay), so a grant token's only job here is to be one this service issued, for a grant
+that exists: a token is a version byte, the grant id, a nonce and an HMAC of those
+under the grant's own token secret, base64url-encoded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -37,6 +39,13 @@ MAX_GRANTS_PER_KEY: Final = 50_000
 MAX_GRANT_TOKENS: Final = 10
 DEFAULT_LIST_LIMIT: Final = 50
 _TOKEN_VERSION: Final = 1
+_TOKEN_NONCE_BYTES: Final = 16
+_TOKEN_TAG_BYTES: Final = 16
+_TOKEN_BYTES: Final = 1 + 32 + _TOKEN_NONCE_BYTES + _TOKEN_TAG_BYTES
+# AWS KMS Developer Guide, "Grant constraints": at most 8 pairs, values of at most 384
+# characters.
+MAX_CONSTRAINT_PAIRS: Final = 8
+MAX_CONSTRAINT_VALUE_CHARS: Final = 384
 _GRANT_ID: Final = re.compile(r"[0-9a-f]{64}")
 _PRINCIPAL: Final = re.compile(
     r"arn:aws:(iam::\d{12}:(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)"
@@ -61,31 +70,47 @@ SYMMETRIC_GRANT_OPERATIONS: Final = frozenset(
 )
 
 
-def new_token(grant_id: str) -> str:
-    raw = bytes([_TOKEN_VERSION]) + bytes.fromhex(grant_id) + secrets.token_bytes(32)
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def new_token(grant: KeyGrant) -> str:
+    """A new token for ``grant``: its id, a nonce, and an HMAC of both under the
+    grant's token secret, so that only tokens issued here check out."""
+    head = bytes([_TOKEN_VERSION]) + bytes.fromhex(grant.grant_id)
+    head += secrets.token_bytes(_TOKEN_NONCE_BYTES)
+    tag = hmac.digest(grant.token_secret, head, "sha256")[:_TOKEN_TAG_BYTES]
+    return base64.urlsafe_b64encode(head + tag).decode().rstrip("=")
 
 
-def grant_id_of_token(token: str) -> str:
-    """The grant id a token carries.
+def grant_of_token(svc: KmsService, token: str) -> tuple[KmsKey, KeyGrant]:
+    """The grant a token was issued for, and its key.
 
     Raises:
-        InvalidGrantTokenError: not a token this service issued.
+        InvalidGrantTokenError: a token this service did not issue, or one for a grant
+            that no longer exists.
     """
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raw = b""
-    if len(raw) != 65 or raw[0] != _TOKEN_VERSION:
-        raise InvalidGrantTokenError("The grant token is not valid.")
-    return raw[1:33].hex()
+    invalid = InvalidGrantTokenError("The grant token is not valid.")
+    if len(raw) != _TOKEN_BYTES or raw[0] != _TOKEN_VERSION:
+        raise invalid
+    grant_id = raw[1:33].hex()
+    key = svc.keys.get(svc.grant_keys.get(grant_id, ""))
+    grant = key.grants.get(grant_id) if key is not None else None
+    if key is None or grant is None:
+        raise invalid
+    head, tag = raw[:-_TOKEN_TAG_BYTES], raw[-_TOKEN_TAG_BYTES:]
+    expected = hmac.digest(grant.token_secret, head, "sha256")[:_TOKEN_TAG_BYTES]
+    if not hmac.compare_digest(expected, tag):
+        raise invalid
+    return key, grant
 
 
-def check_grant_tokens(tokens: Sequence[str]) -> None:
-    """Refuse a request whose GrantTokens are not all tokens this service issued.
+def check_grant_tokens(svc: KmsService, tokens: Sequence[str]) -> None:
+    """Refuse a request whose GrantTokens are not all tokens this service issued for
+    grants that still exist.
 
     Raises:
-        InvalidGrantTokenError: a malformed or foreign token.
+        InvalidGrantTokenError: a malformed, foreign or stale token.
         ValidationError: more than 10 tokens.
     """
     if len(tokens) > MAX_GRANT_TOKENS:
@@ -95,7 +120,7 @@ def check_grant_tokens(tokens: Sequence[str]) -> None:
             f"{MAX_GRANT_TOKENS}"
         )
     for token in tokens:
-        grant_id_of_token(token)
+        grant_of_token(svc, token)
 
 
 def _check_principal(value: str, member: str) -> None:
@@ -150,7 +175,8 @@ async def create_grant(
         }
         if retiring is not None:
             values["kms:retiringprincipal"] = retiring
-        key = svc.resolve(ctx, key_id)
+        # AWS: CreateGrant names its key by key id or key ARN, never by an alias.
+        key = svc.resolve(ctx, key_id, aliases=False)
         decision = svc.access.check_key(ctx, "kms:CreateGrant", key, values=values)
         require(key.state, Op.CRYPTO, key.arn)
         unsupported = sorted(set(wanted) - SYMMETRIC_GRANT_OPERATIONS)
@@ -169,12 +195,13 @@ async def create_grant(
             for existing in key.grants.values():
                 if (
                     existing.name == name
+                    and existing.issuing_account == ctx.account
                     and existing.grantee == grantee
                     and existing.retiring == retiring
                     and set(existing.operations) == set(wanted)
                     and existing.constraints == terms
                 ):
-                    return existing, new_token(existing.grant_id)
+                    return existing, new_token(existing)
         if len(key.grants) >= MAX_GRANTS_PER_KEY:
             raise LimitExceededError(
                 f"The key {key.arn} already has {MAX_GRANTS_PER_KEY} grants."
@@ -191,13 +218,14 @@ async def create_grant(
                 "operations": list(wanted),
                 "constraints": terms,
                 "issuing_account": ctx.account,
+                "token_secret": secrets.token_bytes(32).hex(),
             },
         )
         await svc.write(svc.store.put_grant, grant.record())
         key.grants[grant.grant_id] = grant
         key.access_changed()
         svc.grant_keys[grant.grant_id] = key.key_id
-        return grant, new_token(grant.grant_id)
+        return grant, new_token(grant)
 
 
 def _constraints(
@@ -215,6 +243,14 @@ def _constraints(
         if name in ("EncryptionContextEquals", "EncryptionContextSubset")
         and pairs is not None
     }
+    for name, pairs in terms.items():
+        if len(pairs) > MAX_CONSTRAINT_PAIRS or any(
+            len(value) > MAX_CONSTRAINT_VALUE_CHARS for value in pairs.values()
+        ):
+            raise ValidationError(
+                f"{name} takes at most {MAX_CONSTRAINT_PAIRS} pairs, each value at "
+                f"most {MAX_CONSTRAINT_VALUE_CHARS} characters."
+            )
     return terms or None
 
 
@@ -269,7 +305,7 @@ def list_grants(
 ) -> tuple[KmsKey, list[KeyGrant], str | None]:
     """AWS ListGrants: the key's grants, oldest first, optionally one grant id or one
     grantee's."""
-    key = svc.authorized(ctx, "kms:ListGrants", key_id)
+    key = svc.authorized(ctx, "kms:ListGrants", key_id, aliases=False)
     grants = sorted(key.grants.values(), key=lambda g: (g.created_at, g.grant_id))
     if grant_id is not None:
         grants = [g for g in grants if g.grant_id == grant_id]
@@ -301,11 +337,18 @@ def list_retirable_grants(
         )
     _check_principal(retiring, "RetiringPrincipal")
     svc.access.check_account(ctx, "kms:ListRetirableGrants")
+    # AWS: the retiring principal is one of the caller's account; its grants may be on
+    # keys of any account.
+    if _account_of(retiring) != ctx.account:
+        raise AccessDeniedError(
+            f"User: {ctx.principal} is not authorized to perform: "
+            f"kms:ListRetirableGrants for {retiring}, a principal of another account"
+        )
     found = sorted(
         (
             (key, grant)
             for key in svc.keys.values()
-            if key.account == ctx.account and key.region == svc.region
+            if key.region == svc.region
             for grant in key.grants.values()
             if grant.retiring == retiring
         ),
@@ -341,24 +384,26 @@ async def retire_grant(
     """
     async with svc.control:
         if grant_token is not None:
-            token_grant = grant_id_of_token(grant_token)
-            if grant_id is not None and grant_id != token_grant:
+            key, grant = grant_of_token(svc, grant_token)
+            if grant_id is not None and grant_id != grant.grant_id:
                 raise InvalidGrantIdError(
                     "The grant id does not match the grant token."
                 )
-            grant_id = token_grant
-        if grant_id is None or (grant_token is None and key_id is None):
+            if (
+                key_id is not None
+                and svc.resolve(ctx, key_id, aliases=False) is not key
+            ):
+                raise NotFoundError(f"Grant ID {grant.grant_id} not found")
+        elif grant_id is not None and key_id is not None:
+            key, grant = _grant_of(svc.resolve(ctx, key_id, aliases=False), grant_id)
+        else:
             raise ValidationError("Grant token OR (grant ID, key ID) must be specified")
-        key = (
-            svc.resolve(ctx, key_id, aliases=False)
-            if key_id is not None
-            else svc.keys.get(svc.grant_keys.get(grant_id, ""))
-        )
-        key, grant = _grant_of(key, grant_id)
         if not _may_retire(svc, ctx, key, grant):
             raise AccessDeniedError(
                 f"User: {ctx.principal} is not authorized to perform: "
-                f"kms:RetireGrant on resource: {key.arn}"
+                f"kms:RetireGrant on resource: {key.arn} because it is neither the "
+                "grant's retiring principal, nor its grantee with RetireGrant, nor "
+                "allowed by the account that holds the grant"
             )
         if dry_run:
             raise DryRunError(
@@ -370,17 +415,34 @@ async def retire_grant(
 def _may_retire(
     svc: KmsService, ctx: RequestContext, key: KmsKey, grant: KeyGrant
 ) -> bool:
-    if ctx.principal == grant.retiring:
+    """AWS KMS Developer Guide, "Retiring and revoking grants": the retiring
+    principal, the grantee when the grant allows RetireGrant, and the account the
+    grant is in (the key's, and the one that created it) by its own policies, may
+    retire a grant; an explicit Deny of kms:RetireGrant stops every one of them."""
+    if svc.access.explain(ctx, "kms:RetireGrant", key).explicit_deny:
+        return False
+    if ctx.principal in (grant.retiring, _grantee_who_may_retire(grant)):
         return True
-    if ctx.principal == grant.grantee and "RetireGrant" in grant.operations:
-        return True
-    if ctx.account != grant.issuing_account:
+    # A retiring principal that is an account lets that account delegate by IAM.
+    accounts = {grant.issuing_account, key.account}
+    if grant.retiring is not None and grant.retiring.endswith(":root"):
+        accounts.add(_account_of(grant.retiring))
+    if ctx.account not in accounts:
         return False
     try:
         svc.access.check_account(ctx, "kms:RetireGrant", key.arn)
     except AccessDeniedError:
         return False
     return True
+
+
+def _grantee_who_may_retire(grant: KeyGrant) -> str | None:
+    return grant.grantee if "RetireGrant" in grant.operations else None
+
+
+def _account_of(principal: str) -> str:
+    """The account of a principal ARN (already checked by ``_check_principal``)."""
+    return principal.split(":", 5)[4]
 
 
 async def revoke_grant(

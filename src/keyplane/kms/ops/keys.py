@@ -24,7 +24,7 @@ from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import KeyState, Op, require
 from keyplane.kms.ops._paging import page
 from keyplane.kms.ops.policies import checked_policy
-from keyplane.kms.ops.tags import check_tags
+from keyplane.kms.ops.tags import check_tags, request_tag_values
 from keyplane.storage import MaterialRecord
 
 DAY_SECONDS: Final = 86400.0
@@ -82,6 +82,7 @@ async def create_key(
     """
     spec = key_spec or SYMMETRIC_DEFAULT
     usage = key_usage or ENCRYPT_DECRYPT
+    tag_values = request_tag_values(tags or {})
     svc.access.check_account(
         ctx,
         "kms:CreateKey",
@@ -90,11 +91,12 @@ async def create_key(
             "kms:keyusage": usage,
             "kms:keyorigin": origin or ORIGIN_AWS_KMS,
             "kms:multiregion": multi_region,
+            **tag_values,
         },
     )
     if tags:
         # AWS: tagging a key as it is created needs kms:TagResource as well.
-        svc.access.check_account(ctx, "kms:TagResource")
+        svc.access.check_account(ctx, "kms:TagResource", values=tag_values)
     if spec != SYMMETRIC_DEFAULT:
         raise UnsupportedOperationError(
             f"KeySpec {spec} is not supported by keyplane yet."

@@ -31,7 +31,7 @@ def check_tags(tags: Mapping[str, str]) -> None:
         raise LimitExceededError(f"A key can have at most {MAX_TAGS} tags")
 
 
-def _request_tags(tags: Mapping[str, str]) -> dict[str, object]:
+def request_tag_values(tags: Mapping[str, str]) -> dict[str, object]:
     """The aws:RequestTag/<key> and aws:TagKeys condition keys of a request."""
     values: dict[str, object] = {
         f"aws:requesttag/{k.lower()}": v for k, v in tags.items()
@@ -50,7 +50,7 @@ async def tag_resource(
             "kms:TagResource",
             key_id,
             aliases=False,
-            values=_request_tags(tags),
+            values=request_tag_values(tags),
         )
         require(key.state, Op.TAG, key.arn)
         merged = {**key.tags, **tags}
