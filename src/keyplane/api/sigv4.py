@@ -38,6 +38,7 @@ import hmac
 import operator
 import re
 import time
+from binascii import hexlify
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -114,10 +115,10 @@ _SIGNING_KEY_CACHE_SIZE: Final = 1024
 # headers in use.
 _PLAN_CACHE_SIZE: Final = 1024
 _SIGNATURE_SEPARATOR: Final = b", Signature="
-# What the canonical form would change in a header block: whitespace other than single
-# blanks, runs of blanks, and a blank at the start or end of a value (after the name's
-# colon, before the newline). A value holding a newline is caught by counting lines.
-_NEEDS_TRIMMING: Final = re.compile(rb"[\t\x0b\x0c\r]|  |: | \n")
+# Whitespace the canonical form may change inside a header value. A header block with
+# none of it (and one newline a header) is canonical as it stands: no value to trim.
+# That is one pass in C; the regular expression it replaced cost microseconds.
+_BLANKS: Final = b" \t\r\x0b\x0c"
 _SIGNATURE_HEX_CHARS: Final = 64
 _SHA256_BLOCK_BYTES: Final = 64
 _IPAD: Final = bytes(x ^ 0x36 for x in range(256))
@@ -393,11 +394,20 @@ class Verifier:
         raw_date = headers.get(_X_AMZ_DATE)
         if raw_date is None or (not plan.signs_target and _TARGET in headers):
             return None
-        stamp, when = self._request_time(raw_date, from_amz=True)
-        if stamp[:8] != plan.date:
-            return None
-        self._check_skew(stamp, when)
-        payload_hash = sha256(body).hexdigest().encode()
+        dated = plan.dated
+        if dated is None or dated.raw_date != raw_date:
+            stamp, when = self._request_time(raw_date, from_amz=True)
+            if stamp[:8] != plan.date:
+                return None
+            # Requests signed in the same second share the start of their string to
+            # sign: the HMAC's inner hash is fed it once, then copied per request.
+            inner = plan.signer.inner_copy()
+            inner.update(plan.algorithm_line + raw_date + plan.scope_line)
+            dated = plan.dated = _Dated(raw_date, stamp, when, inner)
+        now = self._clock()
+        if not dated.when - self._skew <= now <= dated.when + self._skew:
+            self._check_skew(dated.stamp, dated.when)
+        payload_hash = hexlify(sha256(body).digest())
         declared = headers.get(_CONTENT_SHA256)
         if declared is not None and declared.strip() != payload_hash:
             raise InvalidSignatureError(MSG_CONTENT_SHA256_MISMATCH)
@@ -408,23 +418,19 @@ class Verifier:
         if len(plan.names) == 1:
             values = (values,)  # itemgetter of one name returns the value itself
         header_block = plan.block_template % values
-        if _NEEDS_TRIMMING.search(header_block) is not None or header_block.count(
-            b"\n"
-        ) != len(values):
-            # Rare: a value with runs of blanks or blanks at either end; trim each.
+        if len(header_block.translate(None, _BLANKS)) != len(
+            header_block
+        ) or header_block.count(b"\n") != len(values):
+            # A value with whitespace in it (say, a User-Agent): trim each value.
             header_block = plan.block_template % tuple(
                 b" ".join(value.split()) for value in values
             )
         canonical_request = (
             method + b"\n/\n\n" + header_block + plan.signed_line + payload_hash
         )
-        string_to_sign = (
-            plan.algorithm_line
-            + raw_date
-            + plan.scope_line
-            + sha256(canonical_request).hexdigest().encode()
-        )
-        if not hmac.compare_digest(plan.signer.hexdigest(string_to_sign), signature):
+        inner = dated.inner.copy()
+        inner.update(hexlify(sha256(canonical_request).digest()))
+        if not hmac.compare_digest(plan.signer.finish(inner), signature):
             raise InvalidSignatureError(MSG_SIGNATURE_MISMATCH)
         if _SECURITY_TOKEN in headers:
             raise UnrecognizedClientError(MSG_INVALID_TOKEN)
@@ -562,6 +568,17 @@ class Verifier:
 
 
 @dataclass(frozen=True, slots=True)
+class _Dated:
+    """One request second of a plan: its date, and the HMAC inner hash already fed
+    the string to sign up to the canonical request's hash."""
+
+    raw_date: bytes
+    stamp: str
+    when: float
+    inner: Any  # a hashlib sha256 object; copied, never updated, once made
+
+
+@dataclass(slots=True)
 class _Plan:
     """What an Authorization header settles before its signature, once it verified:
     whose key, which day, which headers are signed, and the derived signing key.
@@ -581,6 +598,7 @@ class _Plan:
     scope_line: bytes  # "\n" + the credential scope + "\n"
     signer: _Signer
     verified: Verified
+    dated: _Dated | None = None
 
 
 class _Signer:
@@ -608,9 +626,18 @@ class _Signer:
         """HMAC-SHA256 of ``message`` under the signing key, as lower-case hex."""
         inner = self._inner.copy()
         inner.update(message)
+        return self.finish(inner)
+
+    def inner_copy(self) -> Any:
+        """A copy of the inner hash, to feed a message in parts."""
+        return self._inner.copy()
+
+    def finish(self, inner: Any) -> bytes:
+        """The HMAC, as lower-case hex, of what ``inner`` (from ``inner_copy``) was
+        fed."""
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer.hexdigest().encode()
+        return hexlify(outer.digest())
 
 
 def _parse_authorization(auth: bytes) -> tuple[bytes, bytes, bytes | None, bytes]:

@@ -923,3 +923,16 @@ def test_a_request_dated_another_day_than_its_remembered_scope():
     )
     with pytest.raises(InvalidSignatureError, match="Date in Credential scope"):
         verify(request, v)
+
+
+def test_the_short_path_trims_values_as_the_full_path_does():
+    # botocore signs a value with inner runs of blanks trimmed to one; both paths
+    # must trim the same way to agree with it.
+    signed = sign(headers={"X-Custom": "a   b c", "X-Amz-Target": "T  x"})
+    v = verifier()
+    verify(signed, v)
+    (answer,) = _short_path_calls(v, signed)
+    assert answer is not None and answer.credential is ALICE
+    tampered = signed.with_headers(x_custom=b"a b  c d")
+    with pytest.raises(InvalidSignatureError):
+        verify(tampered, v)
