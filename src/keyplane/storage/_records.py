@@ -188,13 +188,17 @@ class Store(Protocol):
         """
         ...
 
-    def add_material(self, material: MaterialRecord) -> None:
-        """Add a material version to an existing key.
+    def add_material(
+        self, material: MaterialRecord, key: KeyRecord | None = None
+    ) -> None:
+        """Add a material version to an existing key and, when ``key`` is given,
+        replace the key's record in the same transaction.
 
         Raises:
             StoreNotFoundError: No key has that id.
             StoreConflictError: The key already has that version.
-            ValidationError: The record is malformed.
+            ValidationError: A record is malformed, ``key`` is another key, or it
+                changes an immutable field.
             StoreError: The store failed.
         """
         ...

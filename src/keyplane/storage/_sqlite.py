@@ -352,37 +352,32 @@ class SQLiteStore:
             ValidationError: The record is malformed or changes an immutable field.
             StoreError: The store is closed or failed.
         """
-        key_id, account, region, partition, created_at, state, metadata, tags = (
-            _key_row(key)
-        )
-        with self._write(f"update key {key_id!r}") as conn:
-            fixed = conn.execute(
-                "SELECT account, region, partition, created_at FROM keys"
-                " WHERE key_id = ?",
-                (key_id,),
-            ).fetchone()
-            if fixed is None:
-                raise StoreNotFoundError(f"key {key_id!r} does not exist")
-            if fixed != (account, region, partition, created_at):
-                raise ValidationError(
-                    f"key {key_id!r}: an update cannot change the account, region,"
-                    " partition or creation time"
-                )
-            conn.execute(
-                "UPDATE keys SET state = ?, metadata = ?, tags = ? WHERE key_id = ?",
-                (state, metadata, tags, key_id),
-            )
+        row = _key_row(key)
+        with self._write(f"update key {key.key_id!r}") as conn:
+            _update_key(conn, row)
 
-    def add_material(self, material: MaterialRecord) -> None:
-        """Add a material version to an existing key.
+    def add_material(
+        self, material: MaterialRecord, key: KeyRecord | None = None
+    ) -> None:
+        """Add a material version to an existing key and, in the same transaction,
+        replace the key's record when ``key`` is given (a rotation adds a version and
+        moves the key's rotation dates together, or not at all).
 
         Raises:
             StoreNotFoundError: No key has that id.
             StoreConflictError: The key already has that version.
-            ValidationError: The record is malformed.
+            ValidationError: A record is malformed, ``key`` is another key, or it
+                changes an immutable field.
             StoreError: The store is closed or failed.
         """
         row = _material_row(material)
+        key_row = None
+        if key is not None:
+            key_row = _key_row(key)
+            if key.key_id != material.key_id:
+                raise ValidationError(
+                    f"material of key {material.key_id!r} given with key {key.key_id!r}"
+                )
         with self._write(f"add material to key {material.key_id!r}") as conn:
             _execute(
                 conn,
@@ -392,6 +387,8 @@ class SQLiteStore:
                 f"{material.version}",
                 missing=f"key {material.key_id!r} does not exist",
             )
+            if key_row is not None:
+                _update_key(conn, key_row)
 
     def delete_key(self, key_id: str) -> None:
         """Delete a key, its material, its grants and every alias that points at it.
@@ -617,6 +614,27 @@ class SQLiteStore:
 
 
 # --- SQLite plumbing ---------------------------------------------------------------
+
+
+def _update_key(
+    conn: sqlite3.Connection, row: tuple[str, str, str, str, float, str, str, str]
+) -> None:
+    key_id, account, region, partition, created_at, state, metadata, tags = row
+    fixed = conn.execute(
+        "SELECT account, region, partition, created_at FROM keys WHERE key_id = ?",
+        (key_id,),
+    ).fetchone()
+    if fixed is None:
+        raise StoreNotFoundError(f"key {key_id!r} does not exist")
+    if fixed != (account, region, partition, created_at):
+        raise ValidationError(
+            f"key {key_id!r}: an update cannot change the account, region,"
+            " partition or creation time"
+        )
+    conn.execute(
+        "UPDATE keys SET state = ?, metadata = ?, tags = ? WHERE key_id = ?",
+        (state, metadata, tags, key_id),
+    )
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

@@ -237,6 +237,25 @@ def test_add_material(store):
     assert [m.version for m in store.load().materials] == [1, 2]
 
 
+def test_add_material_with_its_key_is_one_transaction(store):
+    k = key()
+    store.create_key(k, material(k.key_id))
+    rotated = replace(k, metadata={**k.metadata, "rotations": [{"version": 2}]})
+    store.add_material(material(k.key_id, 2), rotated)
+    snapshot = store.load()
+    assert [m.version for m in snapshot.materials] == [1, 2]
+    assert snapshot.keys == [rotated]
+    # A key record the store refuses takes the material down with it...
+    with pytest.raises(ValidationError, match="cannot change"):
+        store.add_material(material(k.key_id, 3), replace(rotated, account="1" * 12))
+    # ...as does one of another key, and a material the store refuses keeps the key.
+    with pytest.raises(ValidationError, match="given with key"):
+        store.add_material(material(k.key_id, 3), key("other"))
+    with pytest.raises(StoreConflictError):
+        store.add_material(material(k.key_id, 2), replace(rotated, state="Disabled"))
+    assert store.load() == snapshot
+
+
 def test_add_material_to_an_unknown_key(store):
     with pytest.raises(StoreNotFoundError, match="key 'ghost' does not exist"):
         store.add_material(material("ghost"))
