@@ -148,6 +148,11 @@ class BatchClient:
             payload["EncryptionContext"] = dict(encryption_context)
         return self._post("ExplainAccess", payload)
 
+    def advance_clock(self, seconds: float) -> float:
+        """Move the server's clock ``seconds`` forward (a server started with
+        ``[clock] adjustable = true``); returns its new now, in epoch seconds."""
+        return float(self._post("AdvanceClock", {"Seconds": seconds})["Now"])
+
     def _post(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(payload).encode()
         request = AWSRequest(

@@ -32,6 +32,7 @@ ENVIRONMENT: Final = {
     "KEYPLANE_LOG_LEVEL": ("logging", "level"),
     "KEYPLANE_ACCESS_LOG": ("logging", "access_log"),
     "KEYPLANE_AUTH": ("auth", "mode"),
+    "KEYPLANE_ADJUSTABLE_CLOCK": ("clock", "adjustable"),
 }
 
 # How requests prove who sent them. "off" exists only so tests and benchmarks can
@@ -85,6 +86,10 @@ class Config:
     log_level: str = "INFO"
     access_log: bool = True
     auth: str = "sigv4"
+    # A testing aid: KeyplaneService.AdvanceClock may move the service's clock.
+    adjustable_clock: bool = False
+    # RotateKeyOnDemand's API reference: 25 on-demand rotations per key.
+    on_demand_rotation_limit: int = 25
     # Empty means development mode: one account (``account``) with an admin user whose
     # access key is created on first start (see keyplane.identities).
     accounts: tuple[AccountConfig, ...] = ()
@@ -124,6 +129,10 @@ def load(
         "log_level": _get(sections, "logging", "level", str),
         "access_log": _get(sections, "logging", "access_log", _boolean),
         "auth": _get(sections, "auth", "mode", str),
+        "adjustable_clock": _get(sections, "clock", "adjustable", _boolean),
+        "on_demand_rotation_limit": _get(
+            sections, "service", "on_demand_rotation_limit", int
+        ),
         "accounts": _accounts(sections.get("accounts")),
     }
     config = replace(Config(), **{k: v for k, v in flat.items() if v is not None})
@@ -255,6 +264,11 @@ def _check(config: Config) -> None:
         raise ValidationError(f"service.region is not a region name: {config.region!r}")
     if not 0 <= config.port <= 65535:
         raise ValidationError(f"server.port out of range: {config.port}")
+    if config.on_demand_rotation_limit < 0:
+        raise ValidationError(
+            "service.on_demand_rotation_limit must be 0 or more, not "
+            f"{config.on_demand_rotation_limit}"
+        )
     if config.auth not in AUTH_MODES:
         raise ValidationError(f"auth.mode must be sigv4 or off, not {config.auth!r}")
     seen_accounts: set[str] = set()

@@ -181,3 +181,8 @@ class InvalidGrantTokenError(KeyplaneError):
 
 class InvalidGrantIdError(KeyplaneError):
     """A grant id that names no grant of the key."""
+
+
+class ConflictError(KeyplaneError):
+    """The request conflicts with work under way on the resource (AWS's
+    ConflictException: an automatic rotation running or about to run)."""

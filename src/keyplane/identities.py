@@ -35,7 +35,8 @@ ADMIN_POLICY: Final = json.dumps(
             {
                 "Sid": "KeyplaneAdmin",
                 "Effect": "Allow",
-                "Action": "kms:*",
+                # keyplane:* covers keyplane's own operations (AdvanceClock).
+                "Action": ["kms:*", "keyplane:*"],
                 "Resource": "*",
             }
         ],

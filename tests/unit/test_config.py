@@ -121,3 +121,18 @@ def test_bad_accounts(tmp_path, text):
 def test_auth_from_environment():
     assert config.load(None, environ={}).auth == "sigv4"
     assert config.load(None, environ={"KEYPLANE_AUTH": "off"}).auth == "off"
+
+
+def test_clock_and_rotation_settings(tmp_path):
+    assert config.load(None, environ={}).adjustable_clock is False
+    path = tmp_path / "keyplane.toml"
+    path.write_text(
+        "[clock]\nadjustable = true\n[service]\non_demand_rotation_limit = 3\n"
+    )
+    c = config.load(path, environ={})
+    assert (c.adjustable_clock, c.on_demand_rotation_limit) == (True, 3)
+    on = config.load(None, environ={"KEYPLANE_ADJUSTABLE_CLOCK": "1"})
+    assert on.adjustable_clock is True
+    path.write_text("[service]\non_demand_rotation_limit = -1\n")
+    with pytest.raises(ValidationError):
+        config.load(path, environ={})

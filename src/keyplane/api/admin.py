@@ -1,4 +1,5 @@
-"""keyplane's diagnostic extension: ``KeyplaneService.ExplainAccess``.
+"""keyplane's diagnostic extensions: ``KeyplaneService.ExplainAccess`` and
+``KeyplaneService.AdvanceClock``.
 
 Request ``{"Action": "kms:Encrypt", "KeyId": "...", "Principal": "arn:...",
 "EncryptionContext": {...}}`` (only Action is required); the answer says whether that
@@ -28,13 +29,18 @@ def _string(request: Mapping[str, Any], member: str, *, required: bool) -> str |
     return value
 
 
-async def explain_access(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:
+def _object(body: bytes) -> dict[str, Any]:
     try:
         request = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError as exc:
         raise MalformedRequestError("the request body is not valid JSON") from exc
     if not isinstance(request, dict):
         raise MalformedRequestError("the request body must be a JSON object")
+    return request
+
+
+async def explain_access(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:
+    request = _object(body)
     principal, resource, decision = explain.explain_access(
         svc,
         ctx,
@@ -59,4 +65,18 @@ async def explain_access(svc: KmsService, ctx: RequestContext, body: bytes) -> b
     return orjson.dumps(answer)
 
 
-OPERATIONS: Final[Mapping[str, BatchHandler]] = {"ExplainAccess": explain_access}
+async def advance_clock(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:
+    """Move the service's clock forward (``[clock] adjustable = true`` only), for
+    watching date rules happen; needs keyplane:AdvanceClock (or an account root)."""
+    request = _object(body)
+    seconds = request.get("Seconds")
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        raise MalformedRequestError("Seconds must be a number")
+    svc.access.check_account(ctx, "keyplane:AdvanceClock")
+    return orjson.dumps({"Now": svc.advance_clock(seconds)})
+
+
+OPERATIONS: Final[Mapping[str, BatchHandler]] = {
+    "ExplainAccess": explain_access,
+    "AdvanceClock": advance_clock,
+}

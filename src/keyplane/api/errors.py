@@ -39,6 +39,7 @@ AWS_ERRORS: Final[Mapping[type[e.KeyplaneError], tuple[str, int]]] = {
     e.MalformedPolicyDocumentError: ("MalformedPolicyDocumentException", 400),
     e.InvalidGrantTokenError: ("InvalidGrantTokenException", 400),
     e.InvalidGrantIdError: ("InvalidGrantIdException", 400),
+    e.ConflictError: ("ConflictException", 400),
     # The HSM lost a slot the service still names: a server fault, retryable.
     e.KeyUnavailableError: ("KeyUnavailableException", 500),
 }

@@ -7,6 +7,7 @@ something a restart would not bring back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,15 @@ class KmsKey:
     deletion_date: float | None = None
     pending_window_days: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Automatic rotation: whether it is on, its period, when it was last turned on or
+    # re-timed, and when it next rotates (by the service's clock).
+    rotation_enabled: bool = False
+    rotation_period_days: int | None = None
+    rotation_enabled_at: float | None = None
+    next_rotation_date: float | None = None
+    # One entry per rotation, oldest first: {"version", "date", "type"}. Material
+    # version 1 came with the key and has none.
+    rotations: list[dict[str, Any]] = field(default_factory=list)
     # versions[v - 1] holds material version v; the newest encrypts, all decrypt.
     versions: list[KeySlot] = field(default_factory=list)
 
@@ -75,6 +85,13 @@ class KmsKey:
     def current_version(self) -> int:
         return len(self.versions)
 
+    def material_id(self, version: int) -> str:
+        """The KeyMaterialId AWS reports for a material version: 64 hex digits,
+        stable for the key and version (it names material, never reveals it)."""
+        return hashlib.sha256(
+            f"keyplane-material:{self.key_id}:{version}".encode()
+        ).hexdigest()
+
     def blob_header(self, version: int) -> bytes:
         """The ciphertext blob header of this key and material version."""
         header = self.headers.get(version)
@@ -92,6 +109,11 @@ class KmsKey:
             "policy": self.policy,
             "deletion_date": self.deletion_date,
             "pending_window_days": self.pending_window_days,
+            "rotation_enabled": self.rotation_enabled,
+            "rotation_period_days": self.rotation_period_days,
+            "rotation_enabled_at": self.rotation_enabled_at,
+            "next_rotation_date": self.next_rotation_date,
+            "rotations": [dict(r) for r in self.rotations],
         }
 
     def record(
@@ -132,6 +154,11 @@ class KmsKey:
             self.access_changed()
         self.deletion_date = meta.get("deletion_date")
         self.pending_window_days = meta.get("pending_window_days")
+        self.rotation_enabled = bool(meta.get("rotation_enabled", False))
+        self.rotation_period_days = meta.get("rotation_period_days")
+        self.rotation_enabled_at = meta.get("rotation_enabled_at")
+        self.next_rotation_date = meta.get("next_rotation_date")
+        self.rotations = [dict(r) for r in meta.get("rotations", [])]
         self.tags = dict(record.tags)
 
 

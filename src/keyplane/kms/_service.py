@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from keyplane.errors import KeyplaneError, NotFoundError
+from keyplane.errors import KeyplaneError, NotFoundError, UnsupportedOperationError
 from keyplane.hsm import Batcher, Hsm, Partition, Tenancy
 from keyplane.kms._access import Authorizer
 from keyplane.kms._arn import KeyRef, key_arn, parse_key_ref
+from keyplane.kms._clock import AdjustableClock
 from keyplane.kms._model import (
     Alias,
     KeyGrant,
@@ -75,6 +76,7 @@ class KmsService:
         loop: asyncio.AbstractEventLoop,
         *,
         authorize: bool = True,
+        on_demand_rotation_limit: int = 25,
     ) -> None:
         self.hsm = hsm
         self.store = store
@@ -99,6 +101,8 @@ class KmsService:
         # Every principal that can sign, by ARN (set by whoever starts the service):
         # ExplainAccess judges requests of principals other than the caller.
         self.callers: Mapping[str, Caller] = {}
+        # RotateKeyOnDemand's API reference: 25 on-demand rotations per key.
+        self.on_demand_rotation_limit = on_demand_rotation_limit
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -161,6 +165,20 @@ class KmsService:
         if items < OFFLOAD_ITEMS:
             return fn(*args)
         return await self.loop.run_in_executor(self._crypto, fn, *args)
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the service's clock forward (a testing aid); returns the new now.
+
+        Raises:
+            UnsupportedOperationError: the clock is not adjustable.
+            ValidationError: not a positive number of seconds.
+        """
+        if not isinstance(self.clock, AdjustableClock):
+            raise UnsupportedOperationError(
+                "The clock is not adjustable; start keyplane with [clock] adjustable "
+                "= true to advance it."
+            )
+        return self.clock.advance(seconds)
 
     # --- partitions -------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class Op(enum.Enum):
     ENABLE_DISABLE = "enable-disable"  # EnableKey, DisableKey
     SCHEDULE_DELETION = "schedule-deletion"
     CANCEL_DELETION = "cancel-deletion"
+    ROTATION = "rotation"  # EnableKeyRotation, DisableKeyRotation, RotateKeyOnDemand
 
 
 def _disabled(arn: str) -> KeyplaneError:
@@ -84,6 +85,12 @@ _REFUSED: Final[Mapping[Op, Mapping[KeyState, Refusal]]] = {
     Op.TAG: {PD: _pending_deletion},
     Op.ENABLE_DISABLE: {PD: _pending_deletion, PI: _pending_import},
     Op.SCHEDULE_DELETION: {PD: _pending_deletion},
+    Op.ROTATION: {
+        D: _disabled,
+        PD: _pending_deletion,
+        PI: _pending_import,
+        UN: _unavailable,
+    },
     Op.CANCEL_DELETION: {
         E: _not_pending_deletion,
         D: _not_pending_deletion,

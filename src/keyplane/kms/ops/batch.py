@@ -240,7 +240,9 @@ async def batch_decrypt(
         )
         for index, out in zip(group.indices, opened, strict=True):
             results[index] = (
-                out if isinstance(out, KeyplaneError) else Opened(group.key, out)
+                out
+                if isinstance(out, KeyplaneError)
+                else Opened(group.key, out, group.version)
             )
     return results
 

@@ -45,6 +45,7 @@ class Sealed:
 class Opened:
     key: KmsKey
     plaintext: bytes
+    version: int  # the material version that sealed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class DataKey:
     key: KmsKey
     plaintext: bytes
     ciphertext_blob: bytes
+    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class ReSealed:
     source: KmsKey
     destination: KmsKey
     ciphertext_blob: bytes
+    source_version: int
+    destination_version: int
 
 
 def _usable(key: KmsKey, algorithm: str | None, dry_run: bool) -> None:
@@ -115,18 +119,20 @@ async def encrypt(
         values=ALGORITHM_VALUES,
     )
     _usable(key, encryption_algorithm, dry_run)
-    return Sealed(key, await _seal(svc, key, plaintext, encryption_context))
+    blob, _ = await _seal(svc, key, plaintext, encryption_context)
+    return Sealed(key, blob)
 
 
 async def _seal(
     svc: KmsService, key: KmsKey, plaintext: bytes, context: Mapping[str, str] | None
-) -> bytes:
+) -> tuple[bytes, int]:
+    """The blob, sealed under the key's current material, and that version."""
     version = key.current_version
     head = key.blob_header(version)
     sealed = await svc.batcher.encrypt(
         key.versions[version - 1], plaintext, _blob.aad(head, context)
     )
-    return head + sealed
+    return head + sealed, version
 
 
 async def decrypt(
@@ -161,7 +167,8 @@ async def decrypt(
             "operation."
         )
     _usable(key, encryption_algorithm, dry_run)
-    return Opened(key, await _open(svc, key, head, sealed, encryption_context))
+    plaintext = await _open(svc, key, head, sealed, encryption_context)
+    return Opened(key, plaintext, head.material_version)
 
 
 def _key_of_blob(svc: KmsService, head: _blob.BlobHeader) -> KmsKey:
@@ -227,8 +234,10 @@ async def re_encrypt(
     _usable(source, source_encryption_algorithm, False)
     _usable(destination, destination_encryption_algorithm, dry_run)
     plaintext = await _open(svc, source, head, sealed, source_encryption_context)
-    blob = await _seal(svc, destination, plaintext, destination_encryption_context)
-    return ReSealed(source, destination, blob)
+    blob, version = await _seal(
+        svc, destination, plaintext, destination_encryption_context
+    )
+    return ReSealed(source, destination, blob, head.material_version, version)
 
 
 def data_key_bytes(number_of_bytes: int | None, key_spec: str | None) -> int:
@@ -265,7 +274,7 @@ async def generate_data_key(
     plaintext, sealed = await svc.batcher.generate_data_key(
         key.versions[version - 1], size, _blob.aad(head, encryption_context)
     )
-    return DataKey(key, plaintext, head + sealed)
+    return DataKey(key, plaintext, head + sealed, version)
 
 
 def generate_random(
