@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from keyplane.errors import KeyplaneError, NotFoundError, UnsupportedOperationError
+from keyplane.errors import (
+    InvalidCiphertextError,
+    KeyplaneError,
+    NotFoundError,
+    RootKeyError,
+    UnsupportedOperationError,
+)
 from keyplane.hsm import Batcher, Hsm, Partition, Tenancy
 from keyplane.kms._access import Authorizer
 from keyplane.kms._arn import KeyRef, key_arn, parse_key_ref
@@ -110,9 +116,19 @@ class KmsService:
         """Rebuild memory and the HSM's slots from what the store holds."""
         for p in snapshot.partitions:
             account = p.name.split(":", 1)[1]
-            self._partitions[account] = self.hsm.open_partition(
-                p.wrapped_key, Tenancy(p.tenancy)
-            )
+            try:
+                self._partitions[account] = self.hsm.open_partition(
+                    p.wrapped_key, Tenancy(p.tenancy)
+                )
+            except InvalidCiphertextError as exc:
+                # Partition keys are the first thing unwrapped under the root key: if
+                # one fails, the store was sealed under another root key (or that
+                # row was altered), and nothing can be restored.
+                raise RootKeyError(
+                    f"partition {p.name} does not unwrap under this root key: the "
+                    "store was written under another root key (KEYPLANE_ROOT_KEY or "
+                    "the root.key file); nothing was changed"
+                ) from exc
         materials: dict[str, list[Any]] = {}
         for m in snapshot.materials:
             materials.setdefault(m.key_id, []).append(m)
