@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from keyplane import config as config_mod
 from keyplane.config import Config
@@ -86,9 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an encryption context pair (repeatable)",
     )
+    _add_backup_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "explain":
         return _explain(args)
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args)
 
     try:
         config = config_mod.load(
@@ -155,6 +159,103 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(answer, indent=2))
     return 0 if answer["Allowed"] else 3
+
+
+BACKUP_EPILOG = """\
+the backup holds the store only: key material in it stays wrapped under the root key,
+which is not in the backup. keep the root key (<data_dir>/root.key or
+KEYPLANE_ROOT_KEY) safe and apart from the backups: a backup cannot be restored
+without it, and whoever holds both holds every key. see docs/reliability.md.
+exit status: 0 done, 1 failed, 2 usage error or a file that would be overwritten.
+"""
+
+
+def _add_backup_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    backup = commands.add_parser(
+        "backup",
+        help="snapshot the store into a new file (also while a server runs)",
+        description="Write a consistent snapshot of the store in the data directory\n"
+        "to PATH, which must not exist, and check it. Works while a server is running\n"
+        "on the data directory and taking writes; the store is not changed.",
+        epilog=BACKUP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    backup.add_argument("path", metavar="PATH", type=Path, help="the backup to write")
+    restore = commands.add_parser(
+        "restore",
+        help="put a backup in place as the store of a fresh data directory",
+        description="Check the backup at PATH and copy it in as the store of the data\n"
+        "directory, which must not have a store yet (it is created, mode 0700, if\n"
+        "missing). No root key is restored: start the server with the root key the\n"
+        "backup was made under.",
+        epilog=BACKUP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    restore.add_argument("path", metavar="PATH", type=Path, help="the backup to read")
+    for command in (backup, restore):
+        command.add_argument("--config", type=Path, help="a TOML configuration file")
+        command.add_argument(
+            "--data-dir",
+            type=Path,
+            help="the data directory (default: the configured one, else ./.keyplane)",
+        )
+
+
+def _backup_or_restore(args: argparse.Namespace) -> int:
+    """``keyplane backup`` and ``keyplane restore``: only counts and paths are
+    printed, never anything read from the store's records."""
+    from keyplane import backup
+    from keyplane.errors import StoreConflictError
+    from keyplane.storage import ROOT_KEY_ENV
+
+    try:
+        config = config_mod.load(args.config, data_dir=args.data_dir)
+    except KeyplaneError as exc:
+        print(f"keyplane: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "backup":
+            summary = backup.backup(config.data_dir, args.path)
+        else:
+            summary = backup.restore(args.path, config.data_dir)
+    except StoreConflictError as exc:
+        # Refusing to overwrite is the caller's to fix, like a usage error.
+        print(f"keyplane: {exc}", file=sys.stderr)
+        return 2
+    except KeyplaneError as exc:
+        print(f"keyplane: {args.command} failed: {exc}", file=sys.stderr)
+        return 1
+    counts = (
+        f"  {summary.keys} keys ({summary.material_versions} key material versions), "
+        f"{summary.aliases} aliases, {summary.grants} grants, "
+        f"{summary.partitions} partitions"
+    )
+    root_key = f"{config.root_key_file} (or the {ROOT_KEY_ENV} variable)"
+    if args.command == "backup":
+        lines = [
+            f"backed up {config.database} to {summary.path} "
+            f"({summary.size_bytes} bytes, integrity check passed)",
+            counts,
+            "the backup does NOT contain the root key: its key material is wrapped "
+            "under the root key and useless without it.",
+            f"keep a copy of the root key, {root_key}, safe and apart from the "
+            "backup; whoever holds both holds every key.",
+        ]
+    else:
+        lines = [
+            f"restored {args.path} into {summary.path} "
+            f"({summary.size_bytes} bytes, integrity check passed)",
+            counts,
+            "no root key was restored: before starting the server, put the root key "
+            f"the backup was made under in {config.root_key_file} (mode 0600) or in "
+            f"{ROOT_KEY_ENV}.",
+            "the server refuses to start under any other root key; started with none, "
+            f"it creates a new {config.root_key_file.name} and then refuses, and that "
+            "file must be replaced by the right one.",
+        ]
+    for line in lines:
+        print(line)
+    return 0
 
 
 def _welcome(config: Config, endpoint: str, profile: str | None) -> list[str]:
