@@ -14,12 +14,13 @@ NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/*.h na
 # numpy's OpenBLAS threads busy-wait beside the benchmarks; keyplane never uses BLAS.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help install serve test test-unit native-asan bench-native bench-http bench-micro bench lint clean
+.PHONY: help install serve test test-unit native-asan crash-test bench-native bench-http bench-micro bench lint clean
 
 help:
 	@echo "make serve         run the server on 127.0.0.1:4599, data under ./.keyplane"
 	@echo "make test          build everything and run every test"
 	@echo "make native-asan   run the native tests under AddressSanitizer + UBSan"
+	@echo "make crash-test    kill the server 1,000 times mid-request; nothing acknowledged may be lost"
 	@echo "make bench-native  the native HSM throughput table"
 	@echo "make bench-http    requests/s and latency over HTTP, against moto"
 	@echo "make bench-micro   pytest-benchmark timings of single calls (policy, SigV4, native)"
@@ -72,6 +73,10 @@ native-asan: $(ASAN_STAMP)
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		../$(ASAN_VENV)/bin/python -m pytest -q -p no:cacheprovider \
 		-o addopts="" -o filterwarnings="" unit/native unit/hsm vectors
+
+# CRASH_ARGS="--cycles N --seed S" replays or shortens a run; make test runs 50 cycles.
+crash-test: $(STAMP)
+	$(PY) -m tests.crash.harness $(CRASH_ARGS)
 
 bench-native: $(STAMP)
 	$(PY) bench/native.py
