@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
+import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +30,9 @@ _log = logging.getLogger("keyplane")
 # How often scheduled deletions are looked for; a key is deleted within this long of
 # its deletion date.
 SWEEP_SECONDS = 1.0
+
+# prctl(2) option number, from <linux/prctl.h>.
+_PR_SET_DUMPABLE = 4
 
 
 @dataclass
@@ -53,9 +60,9 @@ async def start(config: Config, clock: Callable[[], float] = time.time) -> Runni
     """Open the store and the HSM, restore every key, and start listening.
 
     Raises:
-        RootKeyError: no usable root key.
+        RootKeyError: no usable root key, or the store was written under another.
         StoreError: the store cannot be opened.
-        InvalidCiphertextError: the store was written under another root key.
+        InvalidCiphertextError: stored key material that does not unwrap (altered).
         ValidationError: a configured identity policy is not a valid policy.
     """
     known = identities.for_config(config)
@@ -136,9 +143,41 @@ async def serve(config: Config, ready: Callable[[Running], None] | None = None) 
 
 def run(config: Config, ready: Callable[[Running], None] | None = None) -> None:
     """``serve`` on uvloop where it is installed, else on asyncio's own loop."""
+    _forbid_core_dumps()
     try:
         import uvloop
     except ImportError:
         asyncio.run(serve(config, ready))
         return
     uvloop.run(serve(config, ready))
+
+
+def _forbid_core_dumps() -> None:
+    """Keep this process's memory off the disk and away from other processes.
+
+    Raw key bytes live in locked pages that are left out of core dumps
+    (native/src/secmem.c), but the OpenSSL cipher contexts keyed with them (a key
+    schedule gives the key back), plaintexts and data keys passing through Python,
+    and a root key given in the environment are in ordinary memory, which a core
+    dump would write to disk. A zero core limit stops the kernel writing a core file.
+    On Linux, clearing the dumpable flag also stops a dump piped to a program, which
+    the core limit does not bind (core(5); unless ``fs.suid_dumpable`` is 2, which
+    dumps it readable by root only), and leaves ``/proc/<pid>/mem``, ``environ``
+    (which may hold ``KEYPLANE_ROOT_KEY``) and ptrace to root (proc(5), ptrace(2)).
+    It is done in ``run``, not ``start``, so that a program that embeds the service
+    with ``start`` keeps its own process settings.
+    """
+    # Lowering both limits is always permitted, so this cannot fail.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    except (OSError, AttributeError):  # no libc, or a libc without prctl
+        return
+    if failed:
+        _log.warning(
+            "could not mark the process non-dumpable: %s",
+            os.strerror(ctypes.get_errno()),
+        )
