@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from keyplane import identities
 from keyplane.api.access_log import AccessLog
-from keyplane.api.server import Api, Authentication, Server
+from keyplane.api.server import Api, Authentication, Limits, Server
 from keyplane.api.sigv4 import Verifier
 from keyplane.config import AccountConfig, Config
 from keyplane.hsm import Hsm
@@ -98,7 +98,14 @@ async def start(config: Config, clock: Callable[[], float] = time.time) -> Runni
     anonymous = identities.build((AccountConfig(config.account),)).root(config.account)
     auth = Authentication(verifier, known.callers, anonymous)
     access_log = AccessLog() if config.access_log and _access_wanted() else None
-    server = Server(Api(service, auth, access_log))
+    limits = Limits(
+        max_connections=config.max_connections,
+        max_in_flight=config.max_in_flight,
+        header_seconds=config.header_timeout,
+        request_seconds=config.request_timeout,
+        idle_seconds=config.idle_timeout,
+    )
+    server = Server(Api(service, auth, access_log), limits)
     port = await server.start(config.host, config.port)
     sweeper = asyncio.ensure_future(_sweep(service))
     return Running(config, known, service, server, port, sweeper)

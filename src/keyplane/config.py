@@ -90,6 +90,12 @@ class Config:
     adjustable_clock: bool = False
     # RotateKeyOnDemand's API reference: 25 on-demand rotations per key.
     on_demand_rotation_limit: int = 25
+    # What clients may hold of the server (keyplane.api.server.Limits explains each).
+    max_connections: int = 4096
+    max_in_flight: int = 16384
+    header_timeout: float = 10.0
+    request_timeout: float = 60.0
+    idle_timeout: float = 120.0
     # Empty means development mode: one account (``account``) with an admin user whose
     # access key is created on first start (see keyplane.identities).
     accounts: tuple[AccountConfig, ...] = ()
@@ -133,6 +139,11 @@ def load(
         "on_demand_rotation_limit": _get(
             sections, "service", "on_demand_rotation_limit", int
         ),
+        "max_connections": _get(sections, "server", "max_connections", int),
+        "max_in_flight": _get(sections, "server", "max_in_flight", int),
+        "header_timeout": _get(sections, "server", "header_timeout", float),
+        "request_timeout": _get(sections, "server", "request_timeout", float),
+        "idle_timeout": _get(sections, "server", "idle_timeout", float),
         "accounts": _accounts(sections.get("accounts")),
     }
     config = replace(Config(), **{k: v for k, v in flat.items() if v is not None})
@@ -264,6 +275,13 @@ def _check(config: Config) -> None:
         raise ValidationError(f"service.region is not a region name: {config.region!r}")
     if not 0 <= config.port <= 65535:
         raise ValidationError(f"server.port out of range: {config.port}")
+    for name in ("max_connections", "max_in_flight"):
+        if getattr(config, name) < 1:
+            raise ValidationError(f"server.{name} must be at least 1")
+    for name in ("header_timeout", "request_timeout", "idle_timeout"):
+        value = getattr(config, name)
+        if not 0 < value < float("inf"):
+            raise ValidationError(f"server.{name} must be a positive number of seconds")
     if config.on_demand_rotation_limit < 0:
         raise ValidationError(
             "service.on_demand_rotation_limit must be 0 or more, not "

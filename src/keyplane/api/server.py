@@ -33,6 +33,7 @@ from keyplane.api.sigv4 import Verifier
 from keyplane.errors import (
     KeyplaneError,
     RequestTooLargeError,
+    ThrottlingError,
     UnknownOperationError,
 )
 from keyplane.kms import Caller, KmsService, RequestContext
@@ -49,6 +50,7 @@ _REASONS: Final = {
     400: b"Bad Request",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
     500: b"Internal Server Error",
 }
@@ -56,9 +58,25 @@ _REASONS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What one client, and all of them together, may hold of the server.
+
+    Past ``max_connections`` or ``max_in_flight`` requests are answered at once with
+    ThrottlingException (which every AWS SDK retries) rather than queued; a request
+    whose headers take longer than ``header_seconds`` to arrive (a slowloris client),
+    or whose whole body takes longer than ``request_seconds``, is answered 408 and its
+    connection closed; a keep-alive connection idle for ``idle_seconds`` is closed.
+    Together with the size limits, these bound the memory a client can make the
+    server hold.
+    """
+
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 8 * 1024 * 1024
     max_in_flight_per_connection: int = 128
+    max_connections: int = 4096
+    max_in_flight: int = 16384
+    header_seconds: float = 10.0
+    request_seconds: float = 60.0
+    idle_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +287,12 @@ class HttpConnection(asyncio.Protocol):
         self._eof = False
         self._last_queued = False  # a request that closes the connection is queued
         self._peer = ""
+        # When the request being read began (None between requests), and when the
+        # connection last had nothing to do: the server's reaper reads both.
+        self._started: float | None = None
+        self._headers_done = False
+        self._idle_since = time.monotonic()
+        self._over_capacity = False
         self._reset()
 
     # --- connection lifecycle ---------------------------------------------------------
@@ -276,6 +300,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
+        # Past the connection limit a client is still answered (ThrottlingException on
+        # its first request, then close) rather than reset, so its SDK backs off.
+        self._over_capacity = len(self._connections) >= self._limits.max_connections
         self._connections.add(self)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
@@ -329,6 +356,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._started = time.monotonic()
+        self._headers_done = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -350,6 +379,7 @@ class HttpConnection(asyncio.Protocol):
             self._body.append(body)
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
         # An interim 100 Continue may only go out when no earlier answer is owed:
         # it must not overtake them. A client that gets none sends its body anyway.
         expect = self._headers.get(b"expect")
@@ -367,7 +397,12 @@ class HttpConnection(asyncio.Protocol):
             # Requests pipelined behind one that closes the connection are never
             # run: their answers could not be delivered.
             return
-        keep_alive = self._parser.should_keep_alive() and not self._closing
+        self._started = None
+        keep_alive = (
+            self._parser.should_keep_alive()
+            and not self._closing
+            and not self._over_capacity
+        )
         if not keep_alive:
             self._last_queued = True
         slot = _Slot(keep_alive)
@@ -395,6 +430,17 @@ class HttpConnection(asyncio.Protocol):
                 orjson.dumps({"__type": "UnknownOperationException", "message": ""}),
                 request.request_id,
             )
+            return
+        if self._over_capacity:
+            self._answer_error(
+                request,
+                ThrottlingError(
+                    "Rate exceeded: the server has as many connections as it takes"
+                ),
+            )
+            return
+        if self._api.in_flight >= self._limits.max_in_flight:
+            self._answer_error(request, ThrottlingError("Rate exceeded"))
             return
         if self._too_large:
             limit = self._limits.max_body_bytes
@@ -471,13 +517,45 @@ class HttpConnection(asyncio.Protocol):
             if not keep_alive:
                 transport.close()
                 self._transport = None
+        if not self._slots:
+            self._idle_since = time.monotonic()
         self._update_reading()
 
-    def _fail_connection(self, status: int, message: str) -> None:
+    def reap(self, now: float) -> None:
+        """Drop a request that is taking too long to arrive, or close a connection
+        that has been idle too long (the server calls this about once a second)."""
+        limits = self._limits
+        started = self._started
+        if started is not None:
+            allowed = (
+                limits.request_seconds if self._headers_done else limits.header_seconds
+            )
+            if now - started > allowed:
+                self._fail_connection(
+                    408,
+                    "the request did not arrive in time",
+                    kind="RequestTimeoutException",
+                )
+            return
+        idle_allowed = (
+            limits.header_seconds if self._over_capacity else limits.idle_seconds
+        )
+        if (
+            not self._slots
+            and self._transport is not None
+            and now - self._idle_since > idle_allowed
+        ):
+            self._transport.close()
+            self._transport = None
+
+    def _fail_connection(
+        self, status: int, message: str, kind: str = "SerializationException"
+    ) -> None:
         if self._transport is None or self._last_queued:
             return
         self._last_queued = True
-        body = orjson.dumps({"__type": "SerializationException", "message": message})
+        self._started = None
+        body = orjson.dumps({"__type": kind, "message": message})
         slot = _Slot(keep_alive=False)
         self._slots.append(slot)
         self._finish(slot, status, body, self._api.ids.next())
@@ -513,6 +591,7 @@ class Server:
         self.limits = limits or Limits()
         self._connections: set[HttpConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._reaper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Start listening; returns the port (useful when ``port`` is 0)."""
@@ -524,11 +603,25 @@ class Server:
             reuse_address=True,
             backlog=1024,
         )
+        self._reap()
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 
+    def _reap(self) -> None:
+        """Once a second (or as often as the shortest time limit needs), let each
+        connection drop what is too slow: one timer for the server, not one per
+        request."""
+        now = time.monotonic()
+        for connection in list(self._connections):
+            connection.reap(now)
+        limits = self.limits
+        every = min(1.0, limits.header_seconds / 4, limits.idle_seconds / 4)
+        self._reaper = asyncio.get_running_loop().call_later(every, self._reap)
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (up to ``timeout``), close."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):
