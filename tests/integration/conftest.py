@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,31 +84,44 @@ class ServerProcess:
             text=True,
             env=env,
         )
-        deadline = time.monotonic() + 30
-        assert self.process.stdout is not None
-        seen = []
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            match = _READY.search(line)
-            if match:
-                self.endpoint = match.group(1)
-                self.port = int(self.endpoint.rsplit(":", 1)[1])
-                return
+        # A thread reads everything the server prints, from the first line: so the
+        # pipe never fills (a DEBUG server is chatty), and no line read ahead while
+        # waiting for readiness is lost to ``output``.
+        self._lines: list[str] = []
+        ready = threading.Event()
+        self._reader = threading.Thread(
+            target=self._read_output, args=(self.process, ready), daemon=True
+        )
+        self._reader.start()
+        if ready.wait(timeout=30) and self.endpoint:
+            return
         self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(seen))
+        raise RuntimeError("server did not start:\n" + self.output)
+
+    def _read_output(
+        self, process: subprocess.Popen[str], ready: threading.Event
+    ) -> None:
+        assert process.stdout is not None
+        self.endpoint = ""
+        with process.stdout:
+            for line in process.stdout:
+                self._lines.append(line)
+                match = _READY.search(line)
+                if match and not ready.is_set():
+                    self.endpoint = match.group(1)
+                    self.port = int(self.endpoint.rsplit(":", 1)[1])
+                    ready.set()
+        ready.set()  # the server exited: start() reports what it printed
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Stop the server; what it printed since start-up is kept in ``output``."""
         if self.process is None:
             return 0
-        self.process.send_signal(sig)
         try:
-            out, _ = self.process.communicate(timeout=20)
-            self.output = out or ""
-            code = self.process.returncode
+            self.process.send_signal(sig)
+            code = self.process.wait(timeout=20)
+            self._reader.join(timeout=20)
+            self.output = "".join(self._lines)
         finally:
             self.process = None
         return code
