@@ -14,13 +14,14 @@ NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/*.h na
 # numpy's OpenBLAS threads busy-wait beside the benchmarks; keyplane never uses BLAS.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help install serve test test-unit native-asan crash-test bench-native bench-http bench-micro bench lint clean
+.PHONY: help install serve test test-unit native-asan crash-test soak bench-native bench-http bench-micro bench lint clean
 
 help:
 	@echo "make serve         run the server on 127.0.0.1:4599, data under ./.keyplane"
 	@echo "make test          build everything and run every test"
 	@echo "make native-asan   run the native tests under AddressSanitizer + UBSan"
 	@echo "make crash-test    kill the server 1,000 times mid-request; nothing acknowledged may be lost"
+	@echo "make soak          10 minutes at 80% of capacity: no errors, bounded RSS, steady p99"
 	@echo "make bench-native  the native HSM throughput table"
 	@echo "make bench-http    requests/s and latency over HTTP, against moto"
 	@echo "make bench-micro   pytest-benchmark timings of single calls (policy, SigV4, native)"
@@ -77,6 +78,10 @@ native-asan: $(ASAN_STAMP)
 # CRASH_ARGS="--cycles N --seed S" replays or shortens a run; make test runs 50 cycles.
 crash-test: $(STAMP)
 	$(PY) -m tests.crash.harness $(CRASH_ARGS)
+
+# SOAK_ARGS="--minutes N" for a shorter or longer soak; make test runs 30 seconds.
+soak: $(STAMP)
+	$(PY) -m tests.soak.soak $(SOAK_ARGS)
 
 bench-native: $(STAMP)
 	$(PY) bench/native.py
