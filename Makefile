@@ -14,7 +14,7 @@ NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/*.h na
 # numpy's OpenBLAS threads busy-wait beside the benchmarks; keyplane never uses BLAS.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help install serve test test-unit native-asan crash-test soak bench-native bench-http bench-micro bench lint clean
+.PHONY: help install serve test test-unit native-asan crash-test soak fuzz bench-native bench-http bench-micro bench lint clean
 
 help:
 	@echo "make serve         run the server on 127.0.0.1:4599, data under ./.keyplane"
@@ -22,6 +22,7 @@ help:
 	@echo "make native-asan   run the native tests under AddressSanitizer + UBSan"
 	@echo "make crash-test    kill the server 1,000 times mid-request; nothing acknowledged may be lost"
 	@echo "make soak          10 minutes at 80% of capacity: no errors, bounded RSS, steady p99"
+	@echo "make fuzz          the fuzz targets at 20,000 examples each (about 25 minutes)"
 	@echo "make bench-native  the native HSM throughput table"
 	@echo "make bench-http    requests/s and latency over HTTP, against moto"
 	@echo "make bench-micro   pytest-benchmark timings of single calls (policy, SigV4, native)"
@@ -82,6 +83,12 @@ crash-test: $(STAMP)
 # SOAK_ARGS="--minutes N" for a shorter or longer soak; make test runs 30 seconds.
 soak: $(STAMP)
 	$(PY) -m tests.soak.soak $(SOAK_ARGS)
+
+# make test runs every fuzz target briefly; this runs them long. FUZZ_EXAMPLES=200000
+# takes hours.
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	KEYPLANE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 bench-native: $(STAMP)
 	$(PY) bench/native.py

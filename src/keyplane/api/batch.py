@@ -30,6 +30,8 @@ TARGET_PREFIX: Final = b"KeyplaneService."
 MAX_KEY_ID: Final = 2048
 MAX_BLOB: Final = 6144
 DATA_KEY_SPECS: Final = ("AES_256", "AES_128")
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
 
 
 def _b64(data: bytes) -> str:
@@ -37,11 +39,15 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(value: Any, member: str, max_bytes: int) -> bytes:
+    # Each refusal has the AWS error type the single-item operation gives: a missing
+    # member is a ValidationException, one of the wrong type a SerializationException.
+    if value is None:
+        raise ValidationError(f"{member} is required")
     if not isinstance(value, str):
         raise MalformedRequestError(f"{member} must be a base64 string")
     try:
         data = binascii.a2b_base64(value, strict_mode=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a character outside ASCII
         raise MalformedRequestError(f"{member} is not valid base64") from exc
     if not 1 <= len(data) <= max_bytes:
         raise ValidationError(f"{member} must be 1 to {max_bytes} bytes long")
@@ -150,11 +156,19 @@ def _parse_decrypt(item: Mapping[str, Any]) -> batch.DecryptItem:
 
 def _parse_data_key(item: Mapping[str, Any]) -> batch.DataKeyItem:
     number = item.get("NumberOfBytes")
-    if number is not None and (type(number) is not int or not 1 <= number <= 1024):
-        raise ValidationError("NumberOfBytes must be an integer from 1 to 1024")
+    if number is not None:
+        # Not a JSON integer, or past the model's 32-bit integer: a wrong type, as
+        # the single-item operation reads it; an integer out of range is invalid.
+        if type(number) is not int or not INT32_MIN <= number <= INT32_MAX:
+            raise MalformedRequestError("NumberOfBytes must be an integer")
+        if not 1 <= number <= 1024:
+            raise ValidationError("NumberOfBytes must be an integer from 1 to 1024")
     spec = item.get("KeySpec")
-    if spec is not None and spec not in DATA_KEY_SPECS:
-        raise ValidationError(f"KeySpec must be one of {', '.join(DATA_KEY_SPECS)}")
+    if spec is not None:
+        if not isinstance(spec, str):
+            raise MalformedRequestError("KeySpec must be a string")
+        if spec not in DATA_KEY_SPECS:
+            raise ValidationError(f"KeySpec must be one of {', '.join(DATA_KEY_SPECS)}")
     return batch.DataKeyItem(_key_id(item) or "", number, spec, context_member(item))
 
 

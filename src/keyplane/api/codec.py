@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
-from keyplane.errors import UnsupportedOperationError
+from keyplane.errors import UnsupportedOperationError, ValidationError
 from keyplane.kms import KeyGrant, KeyState, KmsKey, KmsService, RequestContext
 from keyplane.kms.ops import aliases, crypto, grants, keys, policies, rotation, tags
 
@@ -56,6 +56,32 @@ def _no_recipient(params: Params) -> None:
         raise UnsupportedOperationError(
             "Recipient (Nitro Enclaves attestation) is not supported by keyplane."
         )
+
+
+def _ciphertext(params: Params) -> bytes:
+    """The CiphertextBlob of Decrypt or ReEncrypt.
+
+    The model leaves it optional only for a DryRun whose DryRunModifiers hold
+    IGNORE_CIPHERTEXT (AWS KMS API Reference, Decrypt: "required in all cases except
+    when DryRun is true and DryRunModifiers is set to IGNORE_CIPHERTEXT"), which
+    keyplane does not support; otherwise its absence is the validation error AWS gives
+    any missing required member.
+
+    Raises:
+        UnsupportedOperationError: no ciphertext, and IGNORE_CIPHERTEXT asked for.
+        ValidationError: no ciphertext.
+    """
+    blob: bytes | None = params.get("CiphertextBlob")
+    if blob is not None:
+        return blob
+    if "IGNORE_CIPHERTEXT" in (params.get("DryRunModifiers") or ()):
+        raise UnsupportedOperationError(
+            "DryRunModifiers IGNORE_CIPHERTEXT is not supported by keyplane."
+        )
+    raise ValidationError(
+        "1 validation error detected: Value null at 'ciphertextBlob' failed to "
+        "satisfy constraint: Member must not be null"
+    )
 
 
 def _page(result: Result, marker: str | None) -> Result:
@@ -220,7 +246,7 @@ async def decrypt(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
     opened = await crypto.decrypt(
         svc,
         ctx,
-        ciphertext_blob=p["CiphertextBlob"],
+        ciphertext_blob=_ciphertext(p),
         encryption_context=p.get("EncryptionContext"),
         key_id=p.get("KeyId"),
         encryption_algorithm=p.get("EncryptionAlgorithm"),
@@ -238,7 +264,7 @@ async def re_encrypt(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
     resealed = await crypto.re_encrypt(
         svc,
         ctx,
-        ciphertext_blob=p["CiphertextBlob"],
+        ciphertext_blob=_ciphertext(p),
         destination_key_id=p["DestinationKeyId"],
         source_encryption_context=p.get("SourceEncryptionContext"),
         source_key_id=p.get("SourceKeyId"),
