@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from keyplane.errors import StoreConflictError, StoreError, StoreNotFoundError
-from keyplane.storage import SCHEMA_VERSION, Snapshot, SQLiteStore
+from keyplane.storage import SCHEMA_VERSION, Snapshot, SQLiteStore, fsync_dir
 
 DATABASE_NAME: Final = "keyplane.db"
 """The store's file name in a data directory (``Config.database``)."""
@@ -179,7 +179,7 @@ def restore(source: Path, data_dir: Path) -> BackupSummary:
             _refuse_existing_store(database)
             raise
         staging.unlink()
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     except OSError as exc:
         _undo_restore(staging, data_dir, created_dir)
         raise StoreError(f"cannot restore into {data_dir}: {exc.strerror}") from exc
@@ -262,7 +262,7 @@ def _make_private_dir(directory: Path) -> None:
         return
     # mkdir's mode is filtered by the umask; set it exactly.
     os.chmod(directory, 0o700)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
 
 
 def _copy_private(source: Path, target: Path) -> None:
@@ -275,14 +275,6 @@ def _copy_private(source: Path, target: Path) -> None:
             shutil.copyfileobj(src, out, _COPY_CHUNK_BYTES)
         out.flush()
         os.fsync(out.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_with_companions(path: Path) -> None:

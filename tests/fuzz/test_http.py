@@ -35,33 +35,12 @@ from keyplane.api.server import Api, Authentication, HttpConnection, Limits
 from keyplane.api.sigv4 import Credential, Verifier
 from tests.fuzz._fuzz import corpus, fuzz
 from tests.fuzz.conftest import ACCOUNT, ROOT, Kms
+from tests.unit.api.test_http_fuzz import Transport
 
 KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0)
 STATUSES = frozenset({100, 200, 400, 404, 405, 408, 413})
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "wrote after close"
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 50000) if name == "peername" else default
 
 
 def signed(target: str, members: dict[str, object]) -> bytes:
@@ -103,8 +82,8 @@ class Edge:
             "TrentService.Encrypt", {"KeyId": key, "Plaintext": "aGk="}
         )
 
-    def feed(self, chunks: list[bytes]) -> _Transport:
-        transport = _Transport()
+    def feed(self, chunks: list[bytes]) -> Transport:
+        transport = Transport()
 
         async def run() -> None:
             connection = HttpConnection(
@@ -150,7 +129,7 @@ def responses(written: bytes) -> Iterator[tuple[int, bytes]]:
         written = rest[length:]
 
 
-def check(transport: _Transport) -> list[int]:
+def check(transport: Transport) -> list[int]:
     statuses = []
     for status, body in responses(transport.written):
         assert status in STATUSES, (status, body)

@@ -7,6 +7,7 @@ and knows nothing of KMS semantics: no key states, no policies. It imports nothi
 keyplane but ``keyplane.errors``.
 """
 
+from keyplane.storage._files import fsync_dir
 from keyplane.storage._records import (
     AliasRecord,
     GrantRecord,
@@ -31,5 +32,6 @@ __all__ = [
     "SQLiteStore",
     "Snapshot",
     "Store",
+    "fsync_dir",
     "load_root_key",
 ]
