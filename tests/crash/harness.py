@@ -377,30 +377,31 @@ def run(cycles: int, seed: int, data_dir: Path, progress: bool = False) -> Repor
     server = ServerProcess(data_dir)
     started = time.monotonic()
     operations = unsettled = 0
-    for cycle in range(cycles):
-        server.start()
-        verify(server, ledger)
-        driver = _Driver(server, ledger, rng)
-        assert server.process is not None
-        pid = server.process.pid
-        delay = 0.0 if rng.random() < 0.1 else rng.uniform(0, MAX_RUN_SECONDS)
-        killer = threading.Timer(delay, os.kill, (pid, signal.SIGKILL))
-        killer.start()
-        try:
-            while True:
-                driver.step()
-        except _KilledError:
-            pass
-        finally:
-            killer.join()
-        operations += driver.acknowledged
-        unsettled += len(ledger.unsettled)
-        server.stop(signal.SIGKILL)
-        _integrity(data_dir, ledger)
-        if progress and (cycle + 1) % 50 == 0:
-            print(f"  {cycle + 1} cycles, {operations} operations", flush=True)
-    server.start()
+    # However a cycle ends, even by a failed check, no server is left running.
     try:
+        for cycle in range(cycles):
+            server.start()
+            verify(server, ledger)
+            driver = _Driver(server, ledger, rng)
+            assert server.process is not None
+            pid = server.process.pid
+            delay = 0.0 if rng.random() < 0.1 else rng.uniform(0, MAX_RUN_SECONDS)
+            killer = threading.Timer(delay, os.kill, (pid, signal.SIGKILL))
+            killer.start()
+            try:
+                while True:
+                    driver.step()
+            except _KilledError:
+                pass
+            finally:
+                killer.join()
+            operations += driver.acknowledged
+            unsettled += len(ledger.unsettled)
+            server.stop(signal.SIGKILL)
+            _integrity(data_dir, ledger)
+            if progress and (cycle + 1) % 50 == 0:
+                print(f"  {cycle + 1} cycles, {operations} operations", flush=True)
+        server.start()
         verify(server, ledger)
     finally:
         server.stop()
