@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from keyplane.errors import (
-    IncorrectKeyError,
     InvalidCiphertextError,
     KeyplaneError,
     ValidationError,
@@ -26,8 +25,8 @@ from keyplane.kms.ops.crypto import (
     MAX_PLAINTEXT_BYTES,
     Opened,
     Sealed,
-    _key_of_blob,
     _usable,
+    authorized_blob_key,
     data_key_bytes,
 )
 
@@ -209,19 +208,15 @@ async def batch_decrypt(
     for i, item in enumerate(items):
         try:
             head, sealed = _blob.parse(item.ciphertext_blob)
-            key = _key_of_blob(svc, head)
-            svc.access.check_key(
+            key = authorized_blob_key(
+                svc,
                 ctx,
                 "kms:Decrypt",
-                key,
-                encryption_context=item.encryption_context,
-                values=with_request_alias(item.key_id or "", ALGORITHM_VALUES),
+                head,
+                item.key_id,
+                item.encryption_context,
+                resolve=named,
             )
-            if item.key_id is not None and named(item.key_id) is not key:
-                raise IncorrectKeyError(
-                    "The key ID in the request does not identify a CMK that can "
-                    "perform this operation."
-                )
             _usable(key, None, False)
             if not 1 <= head.material_version <= key.current_version:
                 raise InvalidCiphertextError("")

@@ -8,7 +8,7 @@ the blob's header (see ``keyplane.kms._blob``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -153,32 +153,50 @@ async def decrypt(
         DisabledError, KeyStateError: the key's state refuses decryption.
     """
     head, sealed = _blob.parse(ciphertext_blob)
-    key = _key_of_blob(svc, head)
-    svc.access.check_key(
-        ctx,
-        "kms:Decrypt",
-        key,
-        encryption_context=encryption_context,
-        values=with_request_alias(key_id or "", ALGORITHM_VALUES),
-    )
-    if key_id is not None and svc.resolve(ctx, key_id) is not key:
-        raise IncorrectKeyError(
-            "The key ID in the request does not identify a CMK that can perform this "
-            "operation."
-        )
+    key = authorized_blob_key(svc, ctx, "kms:Decrypt", head, key_id, encryption_context)
     _usable(key, encryption_algorithm, dry_run)
     plaintext = await _open(svc, key, head, sealed, encryption_context)
     return Opened(key, plaintext, head.material_version)
 
 
-def _key_of_blob(svc: KmsService, head: _blob.BlobHeader) -> KmsKey:
-    """The key a blob names, of whichever account: whether the caller may use it is
-    for its key policy to say (cross-account Decrypt works by the blob alone)."""
+def authorized_blob_key(
+    svc: KmsService,
+    ctx: RequestContext,
+    action: str,
+    head: _blob.BlobHeader,
+    key_id: str | None,
+    encryption_context: Mapping[str, str] | None,
+    resolve: Callable[[str], KmsKey] | None = None,
+) -> KmsKey:
+    """The key a blob names, of whichever account, once the caller may ``action``
+    with it (cross-account Decrypt works by the blob alone) and a ``key_id`` given
+    beside the blob names that same key (``resolve`` looks it up; by default, as
+    ``svc.resolve`` does).
+
+    Raises:
+        InvalidCiphertextError: the blob names no key.
+        AccessDeniedError: no policy or grant allows ``action``.
+        IncorrectKeyError: ``key_id`` names another key.
+    """
     key = svc.keys.get(head.key_id)
     # A blob naming no key is as good as a forged one: answer as AWS does for any
     # blob it cannot authenticate, without saying which check failed.
     if key is None:
         raise InvalidCiphertextError("")
+    svc.access.check_key(
+        ctx,
+        action,
+        key,
+        encryption_context=encryption_context,
+        values=with_request_alias(key_id or "", ALGORITHM_VALUES),
+    )
+    if key_id is not None:
+        named = resolve(key_id) if resolve is not None else svc.resolve(ctx, key_id)
+        if named is not key:
+            raise IncorrectKeyError(
+                "The key ID in the request does not identify a CMK that can perform "
+                "this operation."
+            )
     return key
 
 
@@ -211,19 +229,9 @@ async def re_encrypt(
     """AWS ReEncrypt: open under the source key and seal under the destination key;
     the plaintext never leaves the service."""
     head, sealed = _blob.parse(ciphertext_blob)
-    source = _key_of_blob(svc, head)
-    svc.access.check_key(
-        ctx,
-        "kms:ReEncryptFrom",
-        source,
-        encryption_context=source_encryption_context,
-        values=with_request_alias(source_key_id or "", ALGORITHM_VALUES),
+    source = authorized_blob_key(
+        svc, ctx, "kms:ReEncryptFrom", head, source_key_id, source_encryption_context
     )
-    if source_key_id is not None and svc.resolve(ctx, source_key_id) is not source:
-        raise IncorrectKeyError(
-            "The key ID in the request does not identify a CMK that can perform this "
-            "operation."
-        )
     destination = svc.authorized(
         ctx,
         "kms:ReEncryptTo",
