@@ -13,7 +13,7 @@ from pathlib import Path
 from cffi import FFI
 
 NATIVE = Path(__file__).resolve().parent
-SOURCES = ["hsm.c", "gcm.c", "rand.c", "secmem.c"]
+SOURCES = ["hsm.c", "gcm.c", "rand.c", "secmem.c", "wrap.c"]
 
 
 def _compile_args() -> tuple[list[str], list[str]]:

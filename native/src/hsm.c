@@ -5,9 +5,10 @@
  * per-HSM counter below, a partition id a per-HSM counter. So a destroyed slot's handle
  * stays dead forever and a handle from another HSM is recognised as foreign.
  *
- * One reader-writer lock per HSM guards its tables: batches hold it shared for their
- * whole run; creating and destroying take it exclusively, and are preferred over new
- * readers so a stream of batches cannot starve them.
+ * One reader-writer lock per HSM guards its tables and its root key: batches hold it
+ * shared for their whole run; creating, destroying and replacing the root key take it
+ * exclusively, and are preferred over new readers so a stream of batches cannot starve
+ * them.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -233,12 +234,16 @@ kp_status kp_hsm_new_sibling(const kp_hsm *hsm, kp_hsm **out)
 {
     if (hsm == NULL || out == NULL)
         return KP_E_ARGUMENT;
-    /* The root key is written once, before the HSM is shared, so reading it needs no lock. */
-    return kp_hsm_new(hsm->root_key, KP_KEY_BYTES, out);
+    /* Shared, so that kp_hsm_set_root_key cannot change the key half-way through the copy. */
+    pthread_rwlock_rdlock((pthread_rwlock_t *)&hsm->lock);
+    kp_status st = kp_hsm_new(hsm->root_key, KP_KEY_BYTES, out);
+    pthread_rwlock_unlock((pthread_rwlock_t *)&hsm->lock);
+    return st;
 }
 
 static void slot_free(kp_hsm *hsm, kp_slot *slot)
 {
+    kp_rsa_key_free(slot->rsa);
     kp_ctx_pool_release(&slot->pool);
     EVP_CIPHER_CTX_free(slot->keyed); /* the GCM provider cleanses its key schedule */
     kp_cell_free(&hsm->arena, slot->key);
@@ -405,10 +410,86 @@ kp_status kp_partition_destroy(kp_hsm *hsm, kp_partition partition)
     return KP_OK;
 }
 
+/* --- root key ------------------------------------------------------------------------------ */
+
+kp_status kp_partition_rewrap_batch(kp_hsm *hsm, size_t n, const uint8_t *in,
+                                    size_t in_size, const uint8_t *root_key,
+                                    size_t root_key_len, uint8_t *out, size_t out_size,
+                                    kp_status *status)
+{
+    if (hsm == NULL || root_key == NULL || status == NULL || (n && (in == NULL || out == NULL)))
+        return KP_E_ARGUMENT;
+    if (root_key_len != KP_KEY_BYTES)
+        return KP_E_LENGTH;
+    if (n > KP_MAX_BATCH || in_size != n * KP_WRAPPED_KEY_BYTES)
+        return KP_E_ARGUMENT;
+    if (out_size < n * KP_WRAPPED_KEY_BYTES)
+        return KP_E_BUFFER;
+    /* The new root key's schedule lives only for this call: the key is not the HSM's
+     * until kp_hsm_set_root_key makes it so. */
+    EVP_CIPHER_CTX *keyed = keyed_context(hsm, root_key);
+    if (keyed == NULL)
+        return kp_fail(KP_E_CRYPTO);
+    /* One locked cell holds each key while it is re-wrapped. The arena wants the write
+     * lock, but only to hand the cell out and take it back: the re-wrapping itself
+     * needs only the root key to stay put, so batches run on beside it. */
+    pthread_rwlock_wrlock(&hsm->lock);
+    uint8_t *key = kp_cell_alloc(&hsm->arena);
+    pthread_rwlock_unlock(&hsm->lock);
+    if (key == NULL) {
+        EVP_CIPHER_CTX_free(keyed);
+        return KP_E_NOMEM;
+    }
+    kp_status st = KP_OK;
+    pthread_rwlock_rdlock(&hsm->lock);
+    for (size_t i = 0; i < n && st == KP_OK; i++) {
+        const uint8_t *item = in + i * KP_WRAPPED_KEY_BYTES;
+        status[i] = unwrap_key(hsm->root_keyed, PART_LABEL, NULL, 0, item,
+                               KP_WRAPPED_KEY_BYTES, key);
+        if (status[i] == KP_OK)
+            status[i] = wrap_key(keyed, PART_LABEL, NULL, 0, key,
+                                 out + i * KP_WRAPPED_KEY_BYTES);
+        /* A malformed item (KP_E_ARGUMENT from unwrap_key) fails alone; a fault of the
+         * machinery fails the call, and every item not yet done with it. */
+        if (status[i] == KP_E_NOMEM || status[i] == KP_E_CRYPTO || status[i] == KP_E_RANDOM) {
+            st = status[i];
+            for (size_t j = i + 1; j < n; j++)
+                status[j] = st;
+        }
+    }
+    pthread_rwlock_unlock(&hsm->lock);
+    pthread_rwlock_wrlock(&hsm->lock);
+    kp_cell_free(&hsm->arena, key); /* cleanses the last key it held */
+    pthread_rwlock_unlock(&hsm->lock);
+    EVP_CIPHER_CTX_free(keyed); /* the GCM provider cleanses its key schedule */
+    return st;
+}
+
+kp_status kp_hsm_set_root_key(kp_hsm *hsm, const uint8_t *root_key, size_t root_key_len)
+{
+    if (hsm == NULL || root_key == NULL)
+        return KP_E_ARGUMENT;
+    if (root_key_len != KP_KEY_BYTES)
+        return KP_E_LENGTH;
+    /* Everything that can fail happens before the lock, so a failed call changes nothing
+     * and batches wait only for the swap itself. */
+    EVP_CIPHER_CTX *keyed = keyed_context(hsm, root_key);
+    if (keyed == NULL)
+        return kp_fail(KP_E_CRYPTO);
+    pthread_rwlock_wrlock(&hsm->lock);
+    EVP_CIPHER_CTX *old = hsm->root_keyed;
+    /* The new key overwrites the old in the same locked cell: no copy of the old is left. */
+    memcpy(hsm->root_key, root_key, KP_KEY_BYTES);
+    hsm->root_keyed = keyed;
+    pthread_rwlock_unlock(&hsm->lock);
+    EVP_CIPHER_CTX_free(old);
+    return KP_OK;
+}
+
 /* --- key slots --------------------------------------------------------------------------- */
 
-kp_status kp_slot_lookup(const kp_hsm *hsm, kp_partition scope, kp_handle handle,
-                         const kp_slot **out)
+kp_status kp_slot_find(const kp_hsm *hsm, kp_partition scope, kp_handle handle,
+                       const kp_slot **out)
 {
     const kp_slot *slot = handle ? map_get(&hsm->slots, handle) : NULL;
     if (slot == NULL)
@@ -418,6 +499,66 @@ kp_status kp_slot_lookup(const kp_hsm *hsm, kp_partition scope, kp_handle handle
         return KP_E_WRONG_PARTITION;
     *out = slot;
     return KP_OK;
+}
+
+kp_status kp_slot_lookup(const kp_hsm *hsm, kp_partition scope, kp_handle handle,
+                         const kp_slot **out)
+{
+    const kp_slot *slot = NULL;
+    kp_status st = kp_slot_find(hsm, scope, handle, &slot);
+    if (st != KP_OK)
+        return st;
+    if (slot->rsa != NULL)
+        return KP_E_KEY_TYPE;
+    *out = slot;
+    return KP_OK;
+}
+
+const kp_part *kp_part_find(const kp_hsm *hsm, kp_partition partition)
+{
+    return partition ? map_get(&hsm->partitions, partition) : NULL;
+}
+
+kp_status kp_slot_enter(kp_hsm *hsm, kp_partition partition, kp_slot *slot, kp_handle *out)
+{
+    kp_status st = KP_OK;
+    if (kp_part_find(hsm, partition) == NULL)
+        st = KP_E_PARTITION_GONE;
+    else if (hsm->next_slot >= ((uint64_t)1 << KP_HANDLE_SERIAL_SHIFT))
+        st = KP_E_CAPACITY;
+    if (st == KP_OK) {
+        slot->partition = partition;
+        slot->handle = (hsm->serial << KP_HANDLE_SERIAL_SHIFT) | hsm->next_slot;
+        if (!map_put(&hsm->slots, slot->handle, slot))
+            st = KP_E_NOMEM;
+    }
+    if (st != KP_OK) {
+        slot_free(hsm, slot);
+        return st;
+    }
+    hsm->next_slot++;
+    *out = slot->handle;
+    return KP_OK;
+}
+
+kp_status kp_slot_add_key(kp_hsm *hsm, kp_partition partition, const uint8_t *key,
+                          kp_handle *out)
+{
+    kp_slot *slot = calloc(1, sizeof(*slot));
+    if (slot == NULL)
+        return KP_E_NOMEM;
+    kp_ctx_pool_init(&slot->pool);
+    slot->key = kp_cell_alloc(&hsm->arena);
+    if (slot->key != NULL) {
+        memcpy(slot->key, key, KP_KEY_BYTES);
+        slot->keyed = keyed_context(hsm, slot->key);
+    }
+    if (slot->keyed == NULL) {
+        kp_status st = slot->key == NULL ? KP_E_NOMEM : kp_fail(KP_E_CRYPTO);
+        slot_free(hsm, slot);
+        return st;
+    }
+    return kp_slot_enter(hsm, partition, slot, out);
 }
 
 /* Add a slot whose key is generated (wrapped == NULL) or unwrapped; under the write lock. */
@@ -452,19 +593,11 @@ static kp_status slot_add(kp_hsm *hsm, kp_partition partition, const uint8_t *wr
         if (slot->keyed == NULL)
             st = kp_fail(KP_E_CRYPTO);
     }
-    if (st == KP_OK) {
-        slot->partition = partition;
-        slot->handle = (hsm->serial << KP_HANDLE_SERIAL_SHIFT) | hsm->next_slot;
-        if (!map_put(&hsm->slots, slot->handle, slot))
-            st = KP_E_NOMEM;
-    }
     if (st != KP_OK) {
         slot_free(hsm, slot);
         return st;
     }
-    hsm->next_slot++;
-    *out = slot->handle;
-    return KP_OK;
+    return kp_slot_enter(hsm, partition, slot, out);
 }
 
 kp_status kp_keyslot_generate(kp_hsm *hsm, kp_partition partition, kp_handle *out)
@@ -543,8 +676,9 @@ kp_status kp_keyslot_destroy(kp_hsm *hsm, kp_partition partition, kp_handle hand
     pthread_rwlock_wrlock(&hsm->lock);
     const kp_part *part = partition ? map_get(&hsm->partitions, partition) : NULL;
     const kp_slot *slot = NULL;
+    /* Either kind: a wrapping key is destroyed like an AES key. */
     kp_status st = part == NULL ? KP_E_PARTITION_GONE
-                                : kp_slot_lookup(hsm, partition, handle, &slot);
+                                : kp_slot_find(hsm, partition, handle, &slot);
     if (st == KP_OK) {
         map_del(&hsm->slots, handle);
         slot_free(hsm, (kp_slot *)slot);

@@ -71,12 +71,15 @@ typedef struct kp_ctx_pool {
     _Atomic(EVP_CIPHER_CTX *) idle[KP_IDLE_CONTEXTS];
 } kp_ctx_pool;
 
+typedef struct kp_rsa_key kp_rsa_key; /* an RSA wrapping key (wrap.c) */
+
 typedef struct kp_slot {
     kp_handle handle;
     kp_partition partition;
     uint8_t *key;          /* KP_KEY_BYTES in a locked cell */
     EVP_CIPHER_CTX *keyed; /* the key schedule, prepared once; only ever copied from */
     kp_ctx_pool pool;
+    kp_rsa_key *rsa;       /* set for a wrapping key slot, whose key and keyed are NULL */
 } kp_slot;
 
 typedef struct kp_part {
@@ -92,17 +95,35 @@ struct kp_hsm {
     kp_partition next_partition;
     EVP_CIPHER *cipher; /* fetched once: an implicit fetch per init is slow */
     kp_arena arena;
-    uint8_t *root_key;
-    EVP_CIPHER_CTX *root_keyed;
+    uint8_t *root_key;          /* read under the lock: kp_hsm_set_root_key replaces */
+    EVP_CIPHER_CTX *root_keyed; /* both of these under the write lock */
     kp_map slots;      /* handle -> kp_slot* */
     kp_map partitions; /* partition -> kp_part* */
 };
 
 #define KP_HANDLE_SERIAL_SHIFT 48
 
-/* Find a slot for item use, under the read lock: KP_OK, or why the handle is refused. */
+/* Find an AES slot for item use, under the read lock: KP_OK, or why the handle is refused
+ * (KP_E_KEY_TYPE for a wrapping key). */
 kp_status kp_slot_lookup(const kp_hsm *hsm, kp_partition scope, kp_handle handle,
                          const kp_slot **out);
+
+/* For wrap.c, each under the lock as noted. A slot of either kind (either lock): */
+kp_status kp_slot_find(const kp_hsm *hsm, kp_partition scope, kp_handle handle,
+                       const kp_slot **out);
+/* The live partition, or NULL (either lock). */
+const kp_part *kp_part_find(const kp_hsm *hsm, kp_partition partition);
+/* Give a filled, calloc'ed slot its never-reused handle in partition and enter it in the
+ * table (write lock). The table owns the slot from then on; on failure it is freed. */
+kp_status kp_slot_enter(kp_hsm *hsm, kp_partition partition, kp_slot *slot, kp_handle *out);
+/* Add an AES slot holding a copy of key (KP_KEY_BYTES) (write lock). */
+kp_status kp_slot_add_key(kp_hsm *hsm, kp_partition partition, const uint8_t *key,
+                          kp_handle *out);
+
+/* --- RSA wrapping keys (wrap.c) -------------------------------------------------------- */
+
+/* Free a wrapping key (NULL is fine); OpenSSL cleanses the private key's numbers. */
+void kp_rsa_key_free(kp_rsa_key *key);
 
 /* --- AES-GCM items (gcm.c) ------------------------------------------------------------- */
 

@@ -13,11 +13,17 @@ import enum
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, NoReturn, final
+from typing import Any, NoReturn, cast, final
 
-from keyplane.errors import KeyplaneError, PartitionMismatchError, ValidationError
+from keyplane.errors import (
+    KeyplaneError,
+    PartitionMismatchError,
+    RootKeyError,
+    ValidationError,
+)
 from keyplane.native import (
     MAX_CONTEXT_BYTES,
+    WRAPPING_ALGORITHMS,
     Aad,
     DataKey,
     NativeHsm,
@@ -43,7 +49,8 @@ class Tenancy(enum.Enum):
 
 @final
 class KeySlot:
-    """A handle to one AES-256 key inside a partition.
+    """A handle to one key inside a partition: an AES-256 key, or an RSA wrapping key
+    for importing key material (``Partition.generate_wrapping_key``).
 
     It carries no key bytes and cannot be pickled or copied: the material stays in the
     native HSM, and the handle is only a name for it.
@@ -162,7 +169,12 @@ class Partition:
         self._native.keyslot_destroy(self._id, slot.handle)
 
     def export(self) -> bytes:
-        """This partition's wrapping key, wrapped under the root key (for storage)."""
+        """This partition's wrapping key, wrapped under the root key (for storage).
+
+        Raises:
+            RootKeyError: the HSM refuses new partitions (``refuse_new_partitions``).
+        """
+        self._hsm._check_sealing()
         return self._native.partition_export(self._id)
 
     def destroy(self) -> None:
@@ -232,6 +244,99 @@ class Partition:
             self._id, slot.handle, key_bytes, n, aad
         )
 
+    # --- importing key material -------------------------------------------------------
+    # AWS KMS GetParametersForImport / ImportKeyMaterial. A wrapping key is a KeySlot
+    # holding an RSA key pair: destroy_key destroys it like any slot, the AES methods
+    # refuse it and these refuse an AES slot (InvalidKeyUsageError).
+
+    def generate_wrapping_key(self, bits: int) -> KeySlot:
+        """A fresh RSA wrapping key pair (e = 65537) generated inside the HSM. Takes up
+        to seconds for 4096 bits; the native call releases the GIL, so run it on a
+        worker thread.
+
+        Raises:
+            ValidationError: ``bits`` is not 2048, 3072 or 4096.
+        """
+        return KeySlot(self, self._native.wrapping_key_generate(self._id, bits))
+
+    def wrapping_public_key(self, slot: KeySlot) -> bytes:
+        """The wrapping key's public key as DER SubjectPublicKeyInfo (AWS's PublicKey).
+
+        Raises:
+            PartitionMismatchError: the slot belongs to another partition.
+            KeyUnavailableError: the slot was destroyed.
+            InvalidKeyUsageError: the slot is not a wrapping key.
+        """
+        self._require_own(slot)
+        return self._native.wrapping_key_public(self._id, slot.handle)
+
+    def export_wrapping_key(self, slot: KeySlot, context: bytes = b"") -> bytes:
+        """The wrapping key's private key sealed under this partition's key and bound to
+        ``context``, for storage while its import token is valid.
+
+        Raises:
+            PartitionMismatchError: the slot belongs to another partition.
+            KeyUnavailableError: the slot was destroyed.
+            InvalidKeyUsageError: the slot is not a wrapping key.
+            ValidationError: the context is too long.
+        """
+        _check_context(context)
+        self._require_own(slot)
+        return self._native.wrapping_key_export(self._id, slot.handle, context)
+
+    def open_wrapping_key(self, wrapped: bytes, context: bytes = b"") -> KeySlot:
+        """A wrapping key from ``export_wrapping_key`` of this partition.
+
+        Raises:
+            InvalidCiphertextError: sealed by another partition, for another context,
+                or altered.
+            ValidationError: the context is too long.
+        """
+        _check_context(context)
+        return KeySlot(self, self._native.wrapping_key_open(self._id, wrapped, context))
+
+    def unwrap_import(
+        self, wrapping_key: KeySlot, algorithm: str, encrypted: bytes
+    ) -> KeySlot:
+        """Unwrap EncryptedKeyMaterial into a new AES-256 key of this partition.
+
+        Args:
+            wrapping_key: the wrapping key whose public key wrapped the material.
+            algorithm: the AWS WrappingAlgorithm: ``RSAES_OAEP_SHA_1``,
+                ``RSAES_OAEP_SHA_256``, ``RSA_AES_KEY_WRAP_SHA_1`` or
+                ``RSA_AES_KEY_WRAP_SHA_256``.
+            encrypted: the client's ciphertext.
+
+        Raises:
+            InvalidCiphertextError: it does not unwrap with this key and algorithm.
+            ValidationError: an unknown algorithm, or material that is not 256 bits.
+            PartitionMismatchError: the wrapping key belongs to another partition.
+            KeyUnavailableError: the wrapping key was destroyed.
+            InvalidKeyUsageError: ``wrapping_key`` is not a wrapping key.
+        """
+        code = WRAPPING_ALGORITHMS.get(algorithm)
+        if code is None:
+            raise ValidationError("unknown wrapping algorithm")
+        self._require_own(wrapping_key)
+        handle = self._native.keyslot_unwrap_import(
+            self._id, wrapping_key.handle, code, encrypted
+        )
+        return KeySlot(self, handle)
+
+    def material_id(self, slot: KeySlot, context: bytes) -> bytes:
+        """32 bytes that name the slot's key material for ``context`` (e.g. the KMS key
+        id) without revealing it: HMAC-SHA-256 keyed with the material.
+
+        Raises:
+            PartitionMismatchError: the slot belongs to another partition.
+            KeyUnavailableError: the slot was destroyed.
+            InvalidKeyUsageError: the slot is a wrapping key.
+            ValidationError: the context is too long.
+        """
+        _check_context(context)
+        self._require_own(slot)
+        return self._native.keyslot_material_id(self._id, slot.handle, context)
+
 
 class Hsm:
     """The emulated HSM of one keyplane service: a shared fleet plus dedicated HSMs.
@@ -255,7 +360,12 @@ class Hsm:
         finally:
             root_key[:] = bytes(len(root_key))
         self._lock = threading.Lock()
+        # Held while a dedicated HSM copies the root key until it is adopted, and while
+        # the root key changes: no new dedicated HSM can miss a change.
+        self._root_lock = threading.Lock()
         self._partitions: dict[tuple[int, int], Partition] = {}
+        # Why partitions may no longer be created and stored, once that is so.
+        self._sealing_refused: str | None = None
         _report_unlocked_memory()
 
     def __repr__(self) -> str:
@@ -274,9 +384,15 @@ class Hsm:
             return list(self._partitions.values())
 
     def create_partition(self, tenancy: Tenancy = Tenancy.SHARED) -> Partition:
-        """A new partition with a wrapping key generated inside the HSM."""
-        target = self._native_for(tenancy)
-        return self._adopt(target, target.partition_create(), tenancy)
+        """A new partition with a wrapping key generated inside the HSM.
+
+        Raises:
+            RootKeyError: the HSM refuses new partitions (``refuse_new_partitions``).
+        """
+        self._check_sealing()
+        with self._root_lock:
+            target = self._native_for(tenancy)
+            return self._adopt(target, target.partition_create(), tenancy)
 
     def open_partition(
         self, wrapped: bytes, tenancy: Tenancy = Tenancy.SHARED
@@ -287,14 +403,73 @@ class Hsm:
             InvalidCiphertextError: wrapped under another root key, or altered.
             MalformedNativeCallError: not a wrapped partition key at all.
         """
-        target = self._native_for(tenancy)
+        with self._root_lock:
+            target = self._native_for(tenancy)
+            try:
+                partition_id = target.partition_open(wrapped)
+            except BaseException:
+                if target is not self._shared:
+                    target.close()
+                raise
+            return self._adopt(target, partition_id, tenancy)
+
+    def rewrap_partition_keys(
+        self, wrapped: Sequence[bytes], root_key: bytes | bytearray
+    ) -> list[bytes]:
+        """Partition keys as storage keeps them (``Partition.export()``), re-wrapped
+        from this HSM's root key to ``root_key``, the one it is about to be given
+        (``set_root_key``). A root key rotation stores these before it switches.
+
+        Raises:
+            InvalidCiphertextError: a key is not wrapped under this HSM's root key, or
+                was altered.
+            MalformedNativeCallError: an item is not a wrapped partition key at all.
+            ValidationError: the root key is not 32 bytes.
+        """
+        results = self._shared.partition_rewrap_batch(wrapped, root_key)
+        for result in results:
+            if isinstance(result, KeyplaneError):
+                raise result
+        return cast(list[bytes], results)
+
+    def set_root_key(self, root_key: bytearray) -> None:
+        """Wrap and open partition keys under ``root_key`` from now on, in the shared
+        fleet and every dedicated HSM. Open partitions keep their keys, so no slot or
+        ciphertext changes.
+
+        Args:
+            root_key: 32 bytes; zeroed here once the HSMs hold it, as in ``__init__``.
+
+        Raises:
+            ValidationError: the root key is not 32 bytes.
+        """
         try:
-            partition_id = target.partition_open(wrapped)
-        except BaseException:
-            if target is not self._shared:
-                target.close()
-            raise
-        return self._adopt(target, partition_id, tenancy)
+            # Both locks for the whole change: a dedicated partition destroyed now
+            # closes its HSM only after this is done with it (it must _forget first).
+            with self._root_lock, self._lock:
+                dedicated = {
+                    id(p.native): p.native
+                    for p in self._partitions.values()
+                    if p.tenancy is Tenancy.DEDICATED
+                }
+                for native in (self._shared, *dedicated.values()):
+                    native.set_root_key(root_key)
+        finally:
+            root_key[:] = bytes(len(root_key))
+
+    def refuse_new_partitions(self, reason: str) -> None:
+        """From now on, refuse to create partitions or to export one for storage,
+        with a ``RootKeyError`` that says ``reason``. For when it cannot be told
+        which root key the store is sealed under (a root key rotation whose commit
+        had an unknown outcome): a partition stored under the wrong one would be lost
+        at the next start. Open partitions keep serving; a restart settles the store
+        and starts a fresh HSM.
+        """
+        self._sealing_refused = reason
+
+    def _check_sealing(self) -> None:
+        if self._sealing_refused is not None:
+            raise RootKeyError(self._sealing_refused)
 
     def close(self) -> None:
         """Destroy every partition and cleanse every key."""

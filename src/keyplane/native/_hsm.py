@@ -8,8 +8,9 @@ never-reused names); ``keyplane.hsm`` wraps them in objects that cannot leak mat
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
@@ -18,7 +19,12 @@ import numpy.typing as npt
 from keyplane.errors import KeyplaneError, ValidationError
 from keyplane.native import _pack
 from keyplane.native._kp import ffi, lib
-from keyplane.native._status import error_for, item_error, raise_for_status
+from keyplane.native._status import (
+    error_for,
+    item_error,
+    raise_for_call,
+    raise_for_status,
+)
 
 KEY_BYTES: Final[int] = lib.KP_KEY_BYTES
 IV_BYTES: Final[int] = lib.KP_IV_BYTES
@@ -30,6 +36,21 @@ MAX_DATA_KEY_BYTES: Final[int] = lib.KP_MAX_DATA_KEY_BYTES
 MAX_CONTEXT_BYTES: Final[int] = lib.KP_MAX_CONTEXT_BYTES
 WRAPPED_KEY_BYTES: Final[int] = lib.KP_WRAPPED_KEY_BYTES
 MAX_BATCH: Final[int] = lib.KP_MAX_BATCH
+
+# Importing key material: AWS KMS's wrapping algorithms by their AWS names, the RSA
+# sizes of its wrapping key specs (RSA_2048, RSA_3072, RSA_4096), the native limits.
+WRAPPING_ALGORITHMS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "RSAES_OAEP_SHA_1": lib.KP_WRAP_RSAES_OAEP_SHA_1,
+        "RSAES_OAEP_SHA_256": lib.KP_WRAP_RSAES_OAEP_SHA_256,
+        "RSA_AES_KEY_WRAP_SHA_1": lib.KP_WRAP_RSA_AES_KEY_WRAP_SHA_1,
+        "RSA_AES_KEY_WRAP_SHA_256": lib.KP_WRAP_RSA_AES_KEY_WRAP_SHA_256,
+    }
+)
+WRAPPING_KEY_BITS: Final[frozenset[int]] = frozenset({2048, 3072, 4096})
+MATERIAL_ID_BYTES: Final[int] = lib.KP_MATERIAL_ID_BYTES
+MAX_IMPORT_BYTES: Final[int] = lib.KP_MAX_IMPORT_BYTES
+MAX_WRAPPING_KEY_BYTES: Final[int] = lib.KP_MAX_WRAPPING_KEY_BYTES
 
 # An item's outcome: its output, or the error that failed it alone.
 Result = bytes | KeyplaneError
@@ -197,19 +218,82 @@ class NativeHsm:
 
     def partition_export(self, partition: int) -> bytes:
         """The partition's wrapping key, wrapped under the root key."""
-        out = ffi.new("uint8_t[]", WRAPPED_KEY_BYTES)
-        written = ffi.new("size_t *")
-        raise_for_status(
-            lib.kp_partition_export(
-                self.ptr, partition, out, WRAPPED_KEY_BYTES, written
-            )
+        return _written(
+            WRAPPED_KEY_BYTES,
+            lambda out, size, written: lib.kp_partition_export(
+                self.ptr, partition, out, size, written
+            ),
         )
-        wrapped: bytes = ffi.buffer(out, written[0])[:]
-        return wrapped
 
     def partition_destroy(self, partition: int) -> None:
         """Destroy a partition and every slot in it."""
         raise_for_status(lib.kp_partition_destroy(self.ptr, partition))
+
+    # --- root key ---------------------------------------------------------------------
+
+    def partition_rewrap_batch(
+        self, wrapped: Sequence[bytes], root_key: bytes | bytearray
+    ) -> list[Result]:
+        """Re-wrap partition keys (as ``partition_export`` wrote them) from this HSM's
+        root key to ``root_key``, in one native call.
+
+        Returns:
+            Per item, the key wrapped under ``root_key``, or the error that failed that
+            item alone (``InvalidCiphertextError``: not under this HSM's root key, or
+            altered; ``MalformedNativeCallError``: not a wrapped partition key).
+
+        Raises:
+            ValidationError: the root key is not 32 bytes, or too many items.
+            HsmFaultError: an internal fault, which fails the whole batch.
+        """
+        if len(root_key) != KEY_BYTES:
+            raise ValidationError(f"the root key must be {KEY_BYTES} bytes")
+        n = len(wrapped)
+        if n > MAX_BATCH:
+            raise ValidationError(f"a batch carries at most {MAX_BATCH} items")
+        # Items of another size fail alone, as the native call would fail them, without
+        # shifting their neighbours out of place in the back-to-back input.
+        sized = [w if len(w) == WRAPPED_KEY_BYTES else None for w in wrapped]
+        filler = bytes(WRAPPED_KEY_BYTES)
+        buffer = b"".join(w if w is not None else filler for w in sized)
+        out = ffi.new("uint8_t[]", max(1, n * WRAPPED_KEY_BYTES))
+        status = ffi.new("kp_status[]", max(1, n))
+        raise_for_status(
+            lib.kp_partition_rewrap_batch(
+                self.ptr,
+                n,
+                buffer,
+                len(buffer),
+                ffi.from_buffer(root_key),
+                len(root_key),
+                out,
+                n * WRAPPED_KEY_BYTES,
+                status,
+            )
+        )
+        data = ffi.buffer(out, n * WRAPPED_KEY_BYTES)
+        size = WRAPPED_KEY_BYTES
+        return [
+            error_for(lib.KP_E_ARGUMENT)
+            if sized[i] is None
+            else error_for(status[i])
+            if status[i] != lib.KP_OK
+            else data[i * size : (i + 1) * size]
+            for i in range(n)
+        ]
+
+    def set_root_key(self, root_key: bytes | bytearray) -> None:
+        """Wrap and open partition keys under ``root_key`` from now on; the old root key
+        is cleansed. Open partitions, their slots and batches in flight are untouched.
+
+        Raises:
+            ValidationError: the root key is not 32 bytes.
+        """
+        if len(root_key) != KEY_BYTES:
+            raise ValidationError(f"the root key must be {KEY_BYTES} bytes")
+        raise_for_status(
+            lib.kp_hsm_set_root_key(self.ptr, ffi.from_buffer(root_key), len(root_key))
+        )
 
     # --- key slots --------------------------------------------------------------------
 
@@ -239,22 +323,12 @@ class NativeHsm:
         self, partition: int, handle: int, context: bytes = b""
     ) -> bytes:
         """The slot's key wrapped under its partition's key, bound to ``context``."""
-        out = ffi.new("uint8_t[]", WRAPPED_KEY_BYTES)
-        written = ffi.new("size_t *")
-        raise_for_status(
-            lib.kp_keyslot_export(
-                self.ptr,
-                partition,
-                handle,
-                context,
-                len(context),
-                out,
-                WRAPPED_KEY_BYTES,
-                written,
-            )
+        return _written(
+            WRAPPED_KEY_BYTES,
+            lambda out, size, written: lib.kp_keyslot_export(
+                self.ptr, partition, handle, context, len(context), out, size, written
+            ),
         )
-        wrapped: bytes = ffi.buffer(out, written[0])[:]
-        return wrapped
 
     def keyslot_destroy(self, partition: int, handle: int) -> None:
         """Destroy a slot, cleansing its key."""
@@ -589,9 +663,139 @@ class NativeHsm:
         statuses = _pack.failures(status, n) or []
         return rows, {i: item_error(s) for i, s in enumerate(statuses) if s}
 
+    # --- importing key material -------------------------------------------------------
+    # A wrapping key is an RSA key pair in a slot of its own kind (same handles, counts
+    # and keyslot_destroy); AES calls refuse it, and these refuse an AES slot, with
+    # InvalidKeyUsageError. The native calls release the GIL, which matters here:
+    # generating a 4096-bit key can take seconds.
+
+    def wrapping_key_generate(self, partition: int, bits: int) -> int:
+        """Generate an RSA wrapping key pair (e = 65537) in the partition.
+
+        Raises:
+            ValidationError: ``bits`` is not 2048, 3072 or 4096.
+            PartitionUnavailableError: the partition does not exist.
+        """
+        if bits not in WRAPPING_KEY_BITS:
+            raise ValidationError("a wrapping key is RSA of 2048, 3072 or 4096 bits")
+        out = ffi.new("kp_handle *")
+        raise_for_status(lib.kp_wrapping_key_generate(self.ptr, partition, bits, out))
+        return int(out[0])
+
+    def wrapping_key_public(self, partition: int, handle: int) -> bytes:
+        """The wrapping key's public key, DER SubjectPublicKeyInfo."""
+        return _written(
+            lib.KP_MAX_WRAPPING_PUBLIC_BYTES,
+            lambda out, size, written: lib.kp_wrapping_key_public(
+                self.ptr, partition, handle, out, size, written
+            ),
+        )
+
+    def wrapping_key_export(
+        self, partition: int, handle: int, context: bytes = b""
+    ) -> bytes:
+        """The wrapping key's private key sealed under the partition's key, bound to
+        ``context``: how it is stored for the import token's lifetime.
+
+        Raises:
+            ValidationError: the context is too long.
+        """
+        _check_context(context)
+        return _written(
+            MAX_WRAPPING_KEY_BYTES,
+            lambda out, size, written: lib.kp_wrapping_key_export(
+                self.ptr, partition, handle, context, len(context), out, size, written
+            ),
+        )
+
+    def wrapping_key_open(
+        self, partition: int, wrapped: bytes, context: bytes = b""
+    ) -> int:
+        """Reopen an exported wrapping key into a new slot of the partition.
+
+        Raises:
+            InvalidCiphertextError: another partition's key or context, or altered.
+            MalformedNativeCallError: not the length or version of an export.
+        """
+        _check_context(context)
+        out = ffi.new("kp_handle *")
+        raise_for_status(
+            lib.kp_wrapping_key_open(
+                self.ptr, partition, wrapped, len(wrapped), context, len(context), out
+            )
+        )
+        return int(out[0])
+
+    def keyslot_unwrap_import(
+        self, partition: int, wrapping_handle: int, algorithm: int, encrypted: bytes
+    ) -> int:
+        """Unwrap AWS's EncryptedKeyMaterial into a new AES-256 slot.
+
+        Args:
+            algorithm: one of ``WRAPPING_ALGORITHMS``' values.
+            encrypted: what the client made with the wrapping key's public key.
+
+        Raises:
+            InvalidCiphertextError: it does not unwrap with this key and algorithm.
+            ValidationError: it unwraps, but not to 256 bits; or it is empty or longer
+                than ``MAX_IMPORT_BYTES``.
+            InvalidKeyUsageError: the handle is not a wrapping key.
+        """
+        if not 1 <= len(encrypted) <= MAX_IMPORT_BYTES:
+            raise ValidationError(
+                f"encrypted key material is 1 to {MAX_IMPORT_BYTES} bytes"
+            )
+        out = ffi.new("kp_handle *")
+        raise_for_call(
+            lib.kp_keyslot_unwrap_import(
+                self.ptr,
+                partition,
+                wrapping_handle,
+                algorithm,
+                encrypted,
+                len(encrypted),
+                out,
+            ),
+            _UNWRAP_MESSAGES,
+        )
+        return int(out[0])
+
+    def keyslot_material_id(self, partition: int, handle: int, context: bytes) -> bytes:
+        """HMAC-SHA-256 of ``context`` under the slot's key: names the material (the
+        same material and context give the same id) without revealing it.
+
+        Raises:
+            ValidationError: the context is too long.
+        """
+        _check_context(context)
+        out = ffi.new("uint8_t[]", MATERIAL_ID_BYTES)
+        raise_for_status(
+            lib.kp_keyslot_material_id(
+                self.ptr,
+                partition,
+                handle,
+                context,
+                len(context),
+                out,
+                MATERIAL_ID_BYTES,
+            )
+        )
+        material_id: bytes = ffi.buffer(out, MATERIAL_ID_BYTES)[:]
+        return material_id
+
 
 # isinstance against a union costs a few hundred nanoseconds, which the single-item
 # paths notice; they check the exact common types before calling these.
+
+
+def _written(size: int, call: Callable[[Any, int, Any], int]) -> bytes:
+    """What a native call that writes into a caller's buffer wrote: ``call(out,
+    size, written)`` gets a ``size``-byte buffer and returns its status."""
+    out = ffi.new("uint8_t[]", size)
+    written = ffi.new("size_t *")
+    raise_for_status(call(out, size, written))
+    result: bytes = ffi.buffer(out, written[0])[:]
+    return result
 
 
 def _first(values: int | Sequence[int]) -> int:
@@ -629,3 +833,15 @@ def _split_data_keys(
         return list(zip(rows["key"].tolist(), rows["sealed"].tolist(), strict=True))
     items = _pack.split(out, total, sizes, len(key_lens))
     return [(item[:k], item[k:]) for item, k in zip(items, key_lens, strict=True)]
+
+
+_UNWRAP_MESSAGES: Final[Mapping[int, str]] = {
+    lib.KP_E_LENGTH: "imported key material must be 256 bits",
+}
+
+
+def _check_context(context: bytes) -> None:
+    if len(context) > MAX_CONTEXT_BYTES:
+        raise ValidationError(
+            f"a wrapping context is at most {MAX_CONTEXT_BYTES} bytes"
+        )

@@ -9,6 +9,7 @@ from keyplane.errors import (
     BufferSizeError,
     HsmFaultError,
     InvalidCiphertextError,
+    InvalidKeyUsageError,
     KeyplaneError,
     KeyUnavailableError,
     LimitExceededError,
@@ -38,6 +39,10 @@ _ERRORS: Final[Mapping[int, tuple[type[KeyplaneError], str]]] = {
     lib.KP_E_NOMEM: (HsmFaultError, "the HSM is out of memory"),
     lib.KP_E_RANDOM: (HsmFaultError, "the HSM's random source failed"),
     lib.KP_E_CRYPTO: (HsmFaultError, "the HSM's cipher failed"),
+    lib.KP_E_KEY_TYPE: (
+        InvalidKeyUsageError,
+        "the key slot holds another kind of key",
+    ),
 }
 
 
@@ -72,3 +77,19 @@ def item_error(status: int) -> KeyplaneError:
     if lib.kp_status_is_fault(status):
         raise error
     return error
+
+
+def raise_for_call(status: int, messages: Mapping[int, str]) -> None:
+    """As ``raise_for_status``, with this call's own message for some codes (the
+    exception class is still the table's), where the generic one would mislead.
+
+    Raises:
+        KeyplaneError: the subclass that ``status`` maps to.
+    """
+    if status == lib.KP_OK:
+        return
+    message = messages.get(status)
+    if message is None:
+        raise error_for(status)
+    cls, _ = _ERRORS[status]
+    raise cls(message)

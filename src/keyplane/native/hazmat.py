@@ -115,3 +115,27 @@ def _run(
     finally:
         _pack.wipe(out, total)
     return _with_failures(results, status, n)
+
+
+def kwp_unwrap(kek: bytes, wrapped: bytes) -> bytes:
+    """AES key unwrap with padding (NIST SP 800-38F KWP-AD) under a raw 256-bit KEK,
+    through the function the import path uses: the plaintext, returned.
+
+    Raises:
+        InvalidCiphertextError: the integrity check failed, or ``wrapped`` has a length
+            no key wrap can have.
+        ValidationError: the KEK is not 32 bytes.
+    """
+    size = max(len(wrapped) - 8, 1)
+    out = ffi.new("uint8_t[]", size)
+    written = ffi.new("size_t *")
+    try:
+        raise_for_status(
+            lib.kp_hazmat_kwp_unwrap(
+                kek, len(kek), wrapped, len(wrapped), out, size, written
+            )
+        )
+        plaintext: bytes = ffi.buffer(out, written[0])[:]
+    finally:
+        _pack.wipe(out, size)
+    return plaintext

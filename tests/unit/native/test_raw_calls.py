@@ -110,7 +110,7 @@ def test_malformed_calls_are_refused_whole(hsm, partition, slot):
 
 def test_every_status_maps_to_one_error_class():
     codes = [getattr(lib, name) for name in dir(lib) if name.startswith("KP_E_")]
-    assert len(codes) == 11
+    assert len(codes) == 12
     for code in codes:
         assert error_for(code).__class__.__name__.endswith("Error")
     assert isinstance(error_for(999), HsmFaultError)
