@@ -10,6 +10,8 @@ keyplane but ``keyplane.errors``.
 from keyplane.storage._files import fsync_dir
 from keyplane.storage._records import (
     AliasRecord,
+    ClusterRecord,
+    CustomKeyStoreRecord,
     GrantRecord,
     KeyRecord,
     MaterialRecord,
@@ -17,7 +19,17 @@ from keyplane.storage._records import (
     Snapshot,
     Store,
 )
-from keyplane.storage._root_key import ROOT_KEY_BYTES, ROOT_KEY_ENV, load_root_key
+from keyplane.storage._root_key import (
+    ROOT_KEY_BYTES,
+    ROOT_KEY_ENV,
+    discard_staged_root_key,
+    load_root_key,
+    load_staged_root_key,
+    lock_key_directory,
+    promote_staged_root_key,
+    stage_root_key,
+    staged_root_key_path,
+)
 from keyplane.storage._sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
@@ -25,6 +37,8 @@ __all__ = [
     "ROOT_KEY_ENV",
     "SCHEMA_VERSION",
     "AliasRecord",
+    "ClusterRecord",
+    "CustomKeyStoreRecord",
     "GrantRecord",
     "KeyRecord",
     "MaterialRecord",
@@ -32,6 +46,12 @@ __all__ = [
     "SQLiteStore",
     "Snapshot",
     "Store",
+    "discard_staged_root_key",
     "fsync_dir",
     "load_root_key",
+    "load_staged_root_key",
+    "lock_key_directory",
+    "promote_staged_root_key",
+    "stage_root_key",
+    "staged_root_key_path",
 ]

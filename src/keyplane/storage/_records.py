@@ -118,6 +118,50 @@ class GrantRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    """An emulated CloudHSM cluster: its settings and users, opaque to storage.
+
+    Attributes:
+        cluster_id: The cluster's id (``cluster-...``).
+        account: The 12-digit account that owns the cluster; opaque to storage.
+        partition: The ``PartitionRecord.name`` that holds the cluster's keys.
+        created_at: Creation time in epoch seconds.
+        data: JSON-serialisable settings (HSM count, trust anchor, users with
+            password verifiers, ...); opaque to storage. Never a password.
+    """
+
+    cluster_id: str
+    account: str
+    partition: str
+    created_at: float
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomKeyStoreRecord:
+    """A KMS custom key store, unique by (account, region, name).
+
+    Attributes:
+        store_id: The key store's id (``cks-...``).
+        account: The owning 12-digit account id.
+        region: The region the key store lives in.
+        name: The key store's name.
+        cluster_id: The ``ClusterRecord.cluster_id`` the key store is associated with.
+        created_at: Creation time in epoch seconds.
+        data: JSON-serialisable details (connection state, trust anchor, the
+            password's verifier, ...); opaque to storage. Never a password.
+    """
+
+    store_id: str
+    account: str
+    region: str
+    name: str
+    cluster_id: str
+    created_at: float
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a store holds, in a deterministic order.
 
@@ -136,6 +180,9 @@ class Snapshot:
     # Last and defaulted, so that snapshots built before grants were stored still
     # construct the same way.
     grants: list[GrantRecord] = field(default_factory=list)
+    # Ordered by cluster id, and by store id.
+    clusters: list[ClusterRecord] = field(default_factory=list)
+    custom_key_stores: list[CustomKeyStoreRecord] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -203,6 +250,18 @@ class Store(Protocol):
         """
         ...
 
+    def remove_material(self, key_id: str, version: int, key: KeyRecord) -> None:
+        """Delete one material version of a key and replace the key's record, in one
+        transaction (imported material deleted, expired or abandoned).
+
+        Raises:
+            StoreNotFoundError: The key has no such version.
+            ValidationError: A record is malformed, ``key`` is another key, or it
+                changes an immutable field.
+            StoreError: The store failed.
+        """
+        ...
+
     def delete_key(self, key_id: str) -> None:
         """Delete a key, its material, its grants and every alias that points at it,
         in one transaction.
@@ -248,6 +307,43 @@ class Store(Protocol):
 
         Raises:
             StoreNotFoundError: No grant has that id.
+            StoreError: The store failed.
+        """
+        ...
+
+    def put_cluster(
+        self, record: ClusterRecord, partition: PartitionRecord | None = None
+    ) -> None:
+        """Insert a cluster or replace the one with its id; with ``partition``, add
+        that partition in the same transaction (a new cluster and its key space).
+
+        Raises:
+            StoreConflictError: ``partition`` exists already.
+            StoreNotFoundError: The cluster's partition does not exist.
+            ValidationError: A record is malformed, or a replacement changes the
+                cluster's account, partition or creation time.
+            StoreError: The store failed.
+        """
+        ...
+
+    def put_custom_key_store(self, record: CustomKeyStoreRecord) -> None:
+        """Insert a custom key store or replace the one with its id.
+
+        Raises:
+            StoreConflictError: Another key store of the account and region has
+                that name.
+            StoreNotFoundError: The key store's cluster does not exist.
+            ValidationError: The record is malformed, or a replacement changes the
+                key store's account, region or creation time.
+            StoreError: The store failed.
+        """
+        ...
+
+    def delete_custom_key_store(self, store_id: str) -> None:
+        """Delete a custom key store.
+
+        Raises:
+            StoreNotFoundError: No key store has that id.
             StoreError: The store failed.
         """
         ...

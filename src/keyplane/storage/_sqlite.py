@@ -15,7 +15,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +34,8 @@ from keyplane.storage._files import (
 )
 from keyplane.storage._records import (
     AliasRecord,
+    ClusterRecord,
+    CustomKeyStoreRecord,
     GrantRecord,
     KeyRecord,
     MaterialRecord,
@@ -43,7 +45,7 @@ from keyplane.storage._records import (
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The ``PRAGMA user_version`` this code writes; newer files are refused."""
 
 BUSY_TIMEOUT_S: Final = 10.0
@@ -120,6 +122,32 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # load order so that load reads the grants without sorting them.
         "CREATE INDEX grants_by_key ON grants (key_id, created_at, grant_id)",
     ),
+    (
+        # Emulated CloudHSM clusters, and the custom key stores associated with them.
+        # A cluster's keys live in its partition; a key store names its cluster.
+        """
+        CREATE TABLE clusters (
+            cluster_id TEXT PRIMARY KEY NOT NULL CHECK (typeof(cluster_id) = 'text'),
+            account    TEXT NOT NULL CHECK (typeof(account) = 'text'),
+            partition  TEXT NOT NULL REFERENCES partitions (name),
+            created_at REAL NOT NULL CHECK (typeof(created_at) = 'real'),
+            data       TEXT NOT NULL CHECK (typeof(data) = 'text')
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE custom_key_stores (
+            store_id   TEXT PRIMARY KEY NOT NULL CHECK (typeof(store_id) = 'text'),
+            account    TEXT NOT NULL CHECK (typeof(account) = 'text'),
+            region     TEXT NOT NULL CHECK (typeof(region) = 'text'),
+            name       TEXT NOT NULL CHECK (typeof(name) = 'text'),
+            cluster_id TEXT NOT NULL REFERENCES clusters (cluster_id),
+            created_at REAL NOT NULL CHECK (typeof(created_at) = 'real'),
+            data       TEXT NOT NULL CHECK (typeof(data) = 'text'),
+            UNIQUE (account, region, name)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX custom_key_stores_by_cluster ON custom_key_stores (cluster_id)",
+    ),
 )
 
 _UNIQUE: Final = frozenset({"SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"})
@@ -149,6 +177,14 @@ _INSERT_GRANT: Final = (
 _SELECT_GRANTS: Final = (
     "SELECT grant_id, key_id, account, created_at, data FROM grants"
     " ORDER BY key_id, created_at, grant_id"
+)
+_SELECT_CLUSTERS: Final = (
+    "SELECT cluster_id, account, partition, created_at, data FROM clusters"
+    " ORDER BY cluster_id"
+)
+_SELECT_CUSTOM_KEY_STORES: Final = (
+    "SELECT store_id, account, region, name, cluster_id, created_at, data"
+    " FROM custom_key_stores ORDER BY store_id"
 )
 
 
@@ -262,7 +298,14 @@ class SQLiteStore:
                 )
             ]
             grants = [_grant_from_row(row) for row in conn.execute(_SELECT_GRANTS)]
-        return Snapshot(partitions, keys, materials, aliases, grants)
+            clusters = [
+                _cluster_from_row(row) for row in conn.execute(_SELECT_CLUSTERS)
+            ]
+            stores = [
+                _custom_key_store_from_row(row)
+                for row in conn.execute(_SELECT_CUSTOM_KEY_STORES)
+            ]
+        return Snapshot(partitions, keys, materials, aliases, grants, clusters, stores)
 
     def integrity_check(self) -> list[str]:
         """Return the problems found; an empty list means the store is healthy.
@@ -303,6 +346,49 @@ class SQLiteStore:
                 row,
                 conflict=f"partition {record.name!r} already exists",
             )
+
+    def rewrap_partitions(
+        self, rewrap: Callable[[list[bytes]], Sequence[bytes]]
+    ) -> int:
+        """Replace every partition's wrapped key with what ``rewrap`` makes of it, in
+        one transaction: the commit point of a root key rotation. The keys are read and
+        written under one write lock, so the re-wrap covers exactly the partitions
+        stored, and the store ends up sealed under the old root key or the new one,
+        never partly under each. Storage does not look into the bytes; ``rewrap`` does.
+
+        Args:
+            rewrap: Given every partition's wrapped key (ordered by name), returns
+                their replacements in the same order. What it raises rolls the
+                transaction back and comes out of this call.
+
+        Returns:
+            How many partitions were re-wrapped.
+
+        Raises:
+            ValidationError: ``rewrap`` returned the wrong number of keys, or a key
+                that is not bytes.
+            StoreError: The store is closed or failed.
+        """
+        with self._write("re-wrap the partition keys") as conn:
+            names, old = [], []
+            for name, wrapped in conn.execute(
+                "SELECT name, wrapped_key FROM partitions ORDER BY name"
+            ):
+                names.append(name)
+                old.append(wrapped)
+            new = list(rewrap(old))
+            if len(new) != len(names):
+                raise ValidationError(
+                    f"{len(new)} re-wrapped keys for {len(names)} partitions"
+                )
+            conn.executemany(
+                "UPDATE partitions SET wrapped_key = ? WHERE name = ?",
+                [
+                    (_blob(w, "PartitionRecord.wrapped_key"), name)
+                    for w, name in zip(new, names, strict=True)
+                ],
+            )
+        return len(names)
 
     def create_key(self, key: KeyRecord, material: MaterialRecord | None) -> None:
         """Add a key and, in the same transaction, its first material version.
@@ -390,6 +476,35 @@ class SQLiteStore:
             if key_row is not None:
                 _update_key(conn, key_row)
 
+    def remove_material(self, key_id: str, version: int, key: KeyRecord) -> None:
+        """Delete one material version of a key and, in the same transaction, replace
+        the key's record.
+
+        Raises:
+            StoreNotFoundError: The key has no such version.
+            ValidationError: A record is malformed, ``key`` is another key, or it
+                changes an immutable field.
+            StoreError: The store is closed or failed.
+        """
+        _text(key_id, "key_id")
+        if type(version) is not int or version < 1:
+            raise ValidationError("material version must be an integer of at least 1")
+        if key.key_id != key_id:
+            raise ValidationError(
+                f"material of key {key_id!r} removed with key {key.key_id!r}"
+            )
+        key_row = _key_row(key)
+        with self._write(f"remove material from key {key_id!r}") as conn:
+            cursor = conn.execute(
+                "DELETE FROM materials WHERE key_id = ? AND version = ?",
+                (key_id, version),
+            )
+            if cursor.rowcount == 0:
+                raise StoreNotFoundError(
+                    f"key {key_id!r} has no material version {version}"
+                )
+            _update_key(conn, key_row)
+
     def delete_key(self, key_id: str) -> None:
         """Delete a key, its material, its grants and every alias that points at it.
 
@@ -475,6 +590,117 @@ class SQLiteStore:
             cursor = conn.execute("DELETE FROM grants WHERE grant_id = ?", (grant_id,))
             if cursor.rowcount == 0:
                 raise StoreNotFoundError(f"grant {grant_id!r} does not exist")
+
+    # --- custom key stores --------------------------------------------------------
+
+    def put_cluster(
+        self, record: ClusterRecord, partition: PartitionRecord | None = None
+    ) -> None:
+        """Insert a cluster or replace the one with its id; with ``partition``, add
+        that partition in the same transaction.
+
+        Raises:
+            StoreConflictError: ``partition`` exists already.
+            StoreNotFoundError: The cluster's partition does not exist.
+            ValidationError: A record is malformed, or a replacement changes the
+                cluster's account, partition or creation time.
+            StoreError: The store is closed or failed.
+        """
+        row = _cluster_row(record)
+        partition_row = None if partition is None else _partition_row(partition)
+        with self._write(f"put cluster {record.cluster_id!r}") as conn:
+            if partition_row is not None:
+                _execute(
+                    conn,
+                    _INSERT_PARTITION,
+                    partition_row,
+                    conflict=f"partition {partition_row[0]!r} already exists",
+                )
+            fixed = conn.execute(
+                "SELECT account, partition, created_at FROM clusters"
+                " WHERE cluster_id = ?",
+                (row[0],),
+            ).fetchone()
+            if fixed is None:
+                _execute(
+                    conn,
+                    "INSERT INTO clusters (cluster_id, account, partition,"
+                    " created_at, data) VALUES (?, ?, ?, ?, ?)",
+                    row,
+                    missing=f"partition {record.partition!r} does not exist",
+                )
+                return
+            if fixed != row[1:4]:
+                raise ValidationError(
+                    f"cluster {record.cluster_id!r}: an update cannot change the"
+                    " account, partition or creation time"
+                )
+            conn.execute(
+                "UPDATE clusters SET data = ? WHERE cluster_id = ?", (row[4], row[0])
+            )
+
+    def put_custom_key_store(self, record: CustomKeyStoreRecord) -> None:
+        """Insert a custom key store or replace the one with its id.
+
+        Raises:
+            StoreConflictError: Another key store of the account and region has
+                that name.
+            StoreNotFoundError: The key store's cluster does not exist.
+            ValidationError: The record is malformed, or a replacement changes the
+                key store's account, region or creation time.
+            StoreError: The store is closed or failed.
+        """
+        row = _custom_key_store_row(record)
+        store_id, account, region, name, cluster_id, created_at, data = row
+        conflict = f"a custom key store named {name!r} exists in {account} {region}"
+        missing = f"cluster {cluster_id!r} does not exist"
+        with self._write(f"put custom key store {store_id!r}") as conn:
+            fixed = conn.execute(
+                "SELECT account, region, created_at FROM custom_key_stores"
+                " WHERE store_id = ?",
+                (store_id,),
+            ).fetchone()
+            if fixed is None:
+                _execute(
+                    conn,
+                    "INSERT INTO custom_key_stores (store_id, account, region, name,"
+                    " cluster_id, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                    conflict=conflict,
+                    missing=missing,
+                )
+                return
+            if fixed != (account, region, created_at):
+                raise ValidationError(
+                    f"custom key store {store_id!r}: an update cannot change the"
+                    " account, region or creation time"
+                )
+            _execute(
+                conn,
+                "UPDATE custom_key_stores SET name = ?, cluster_id = ?, data = ?"
+                " WHERE store_id = ?",
+                (name, cluster_id, data, store_id),
+                conflict=conflict,
+                missing=missing,
+            )
+
+    def delete_custom_key_store(self, store_id: str) -> None:
+        """Delete a custom key store.
+
+        Raises:
+            StoreNotFoundError: No key store has that id.
+            ValidationError: ``store_id`` is not a string.
+            StoreError: The store is closed or failed.
+        """
+        _text(store_id, "store_id")
+        with self._write(f"delete custom key store {store_id!r}") as conn:
+            cursor = conn.execute(
+                "DELETE FROM custom_key_stores WHERE store_id = ?", (store_id,)
+            )
+            if cursor.rowcount == 0:
+                raise StoreNotFoundError(
+                    f"custom key store {store_id!r} does not exist"
+                )
 
     # --- backup and lifetime ----------------------------------------------------
 
@@ -823,6 +1049,58 @@ def _grant_row(record: GrantRecord) -> tuple[str, str, str, float, str]:
     )
 
 
+def _cluster_row(record: ClusterRecord) -> tuple[str, str, str, float, str]:
+    if not isinstance(record.data, Mapping):
+        raise ValidationError("ClusterRecord.data must be a mapping")
+    return (
+        _text(record.cluster_id, "ClusterRecord.cluster_id"),
+        _text(record.account, "ClusterRecord.account"),
+        _text(record.partition, "ClusterRecord.partition"),
+        _time(record.created_at, "ClusterRecord.created_at"),
+        _json_text(_plain_json(record.data, "ClusterRecord.data")),
+    )
+
+
+def _custom_key_store_row(
+    record: CustomKeyStoreRecord,
+) -> tuple[str, str, str, str, str, float, str]:
+    if not isinstance(record.data, Mapping):
+        raise ValidationError("CustomKeyStoreRecord.data must be a mapping")
+    return (
+        _text(record.store_id, "CustomKeyStoreRecord.store_id"),
+        _text(record.account, "CustomKeyStoreRecord.account"),
+        _text(record.region, "CustomKeyStoreRecord.region"),
+        _text(record.name, "CustomKeyStoreRecord.name"),
+        _text(record.cluster_id, "CustomKeyStoreRecord.cluster_id"),
+        _time(record.created_at, "CustomKeyStoreRecord.created_at"),
+        _json_text(_plain_json(record.data, "CustomKeyStoreRecord.data")),
+    )
+
+
+def _cluster_from_row(row: tuple[Any, ...]) -> ClusterRecord:
+    cluster_id, account, partition, created_at, data = row
+    return ClusterRecord(
+        cluster_id=cluster_id,
+        account=account,
+        partition=partition,
+        created_at=created_at,
+        data=_json_object(data, f"the data of cluster {cluster_id!r}"),
+    )
+
+
+def _custom_key_store_from_row(row: tuple[Any, ...]) -> CustomKeyStoreRecord:
+    store_id, account, region, name, cluster_id, created_at, data = row
+    return CustomKeyStoreRecord(
+        store_id=store_id,
+        account=account,
+        region=region,
+        name=name,
+        cluster_id=cluster_id,
+        created_at=created_at,
+        data=_json_object(data, f"the data of custom key store {store_id!r}"),
+    )
+
+
 def _json_object(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -905,11 +1183,17 @@ def _referential_problems(conn: sqlite3.Connection) -> list[str]:
             " ORDER BY key_id"
         )
     ]
+    # A key whose material is imported may have none (before the first import, or
+    # after it was deleted or expired). This is the one place the store reads a
+    # field of the metadata it otherwise keeps opaque: the alternative, a column of
+    # its own, would cost a table rebuild for one boolean.
     problems += [
         f"key {key_id!r} has no key material"
         for (key_id,) in conn.execute(
             "SELECT key_id FROM keys AS k WHERE NOT EXISTS"
             " (SELECT 1 FROM materials AS m WHERE m.key_id = k.key_id)"
+            " AND json_valid(k.metadata)"
+            " AND coalesce(json_extract(k.metadata, '$.origin'), '') != 'EXTERNAL'"
             " ORDER BY key_id"
         )
     ]
@@ -931,6 +1215,16 @@ def _record_problems(conn: sqlite3.Connection) -> list[str]:
     ):
         try:
             _key_from_row(row)
+        except StoreError as exc:
+            problems.append(str(exc))
+    for row in conn.execute(_SELECT_CLUSTERS):
+        try:
+            _cluster_from_row(row)
+        except StoreError as exc:
+            problems.append(str(exc))
+    for row in conn.execute(_SELECT_CUSTOM_KEY_STORES):
+        try:
+            _custom_key_store_from_row(row)
         except StoreError as exc:
             problems.append(str(exc))
     for row in conn.execute(_SELECT_GRANTS):
