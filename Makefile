@@ -14,7 +14,7 @@ NATIVE_SOURCES := $(wildcard native/src/*.c native/src/*.h native/include/*.h na
 # numpy's OpenBLAS threads busy-wait beside the benchmarks; keyplane never uses BLAS.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help install serve test test-unit native-asan crash-test soak fuzz bench-native bench-http bench-micro bench lint clean
+.PHONY: help install serve test test-unit native-asan crash-test soak fuzz bench-native bench-http bench-micro bench-fairness bench lint clean
 
 help:
 	@echo "make serve         run the server on 127.0.0.1:4599, data under ./.keyplane"
@@ -25,7 +25,8 @@ help:
 	@echo "make fuzz          the fuzz targets at 20,000 examples each (about 25 minutes)"
 	@echo "make bench-native  the native HSM throughput table"
 	@echo "make bench-http    requests/s and latency over HTTP, against moto"
-	@echo "make bench-micro   pytest-benchmark timings of single calls (policy, SigV4, native)"
+	@echo "make bench-micro   pytest-benchmark timings of single calls (policy, SigV4, native, quota)"
+	@echo "make bench-fairness one account floods, another's latency is measured"
 	@echo "make lint          ruff and mypy"
 
 $(PY):
@@ -98,7 +99,11 @@ bench-http: $(STAMP)
 
 bench-micro: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider --benchmark-enable bench/test_bench_policy.py \
-		bench/test_bench_sigv4.py bench/test_bench_native.py
+		bench/test_bench_sigv4.py bench/test_bench_native.py bench/test_bench_quota.py
+
+# FAIRNESS_ARGS="--rounds N --duration S --loads ... --baseline OTHER/src" (see bench/README.md).
+bench-fairness: $(STAMP)
+	$(PY) bench/fairness.py $(FAIRNESS_ARGS)
 
 bench: bench-native bench-http bench-micro
 
