@@ -15,21 +15,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from keyplane import identities
+from keyplane import identities, root_rotation
 from keyplane.api.access_log import AccessLog
 from keyplane.api.server import Api, Authentication, Limits, Server
 from keyplane.api.sigv4 import Verifier
 from keyplane.config import AccountConfig, Config
+from keyplane.errors import ConflictError
 from keyplane.hsm import Hsm
-from keyplane.kms import AdjustableClock, KmsService
-from keyplane.kms.ops import rotation
-from keyplane.storage import SQLiteStore, load_root_key
+from keyplane.kms import AdjustableClock, ClusterSpec, KmsService
+from keyplane.kms._quota import Quotas
+from keyplane.kms.ops import imports, rotation
+from keyplane.storage import (
+    ROOT_KEY_ENV,
+    SQLiteStore,
+    load_root_key,
+    lock_key_directory,
+)
 
 _log = logging.getLogger("keyplane")
 
 # How often scheduled deletions are looked for; a key is deleted within this long of
 # its deletion date.
 SWEEP_SECONDS = 1.0
+
+# How long a start waits for the data directory's lock: an offline root key rotation
+# holds it for milliseconds, another server for as long as it runs.
+DATA_DIR_WAIT_SECONDS = 10.0
 
 # prctl(2) option number, from <linux/prctl.h>.
 _PR_SET_DUMPABLE = 4
@@ -45,6 +56,8 @@ class Running:
     server: Server
     port: int
     sweeper: asyncio.Task[None]
+    # Holds the data directory's lock: no other server and no offline rotation use it.
+    data_dir_lock: int = -1
 
     async def stop(self) -> None:
         self.sweeper.cancel()
@@ -54,6 +67,9 @@ class Running:
         self.service.close()
         self.service.store.close()
         self.service.hsm.close()
+        if self.data_dir_lock >= 0:
+            os.close(self.data_dir_lock)
+            self.data_dir_lock = -1
 
 
 async def start(config: Config, clock: Callable[[], float] = time.time) -> Running:
@@ -66,9 +82,27 @@ async def start(config: Config, clock: Callable[[], float] = time.time) -> Runni
         ValidationError: a configured identity policy is not a valid policy.
     """
     known = identities.for_config(config)
-    root_key = load_root_key(config.root_key_file, create=True)
-    hsm = Hsm(root_key)  # takes the key and zeroes this copy
-    store = SQLiteStore(config.database)
+    quotas = _quotas(config)
+    data_dir_lock = await _hold_data_dir(config)
+    try:
+        from_environment = os.environ.get(ROOT_KEY_ENV) is not None
+        root_key = load_root_key(config.root_key_file, create=True)
+        store = SQLiteStore(config.database)
+        try:
+            snapshot = store.load()
+            if not from_environment:
+                # Finish or undo a root key rotation that a stop cut short.
+                root_key = root_rotation.settle(
+                    config.root_key_file, root_key, snapshot
+                )
+            hsm = Hsm(root_key)  # takes the key and zeroes this copy
+        except BaseException:
+            root_key[:] = bytes(len(root_key))
+            store.close()
+            raise
+    except BaseException:
+        os.close(data_dir_lock)
+        raise
     loop = asyncio.get_running_loop()
     auth_on = config.auth != "off"
     # Date rules read the service's clock, which a tester may move; SigV4's skew
@@ -82,13 +116,23 @@ async def start(config: Config, clock: Callable[[], float] = time.time) -> Runni
         loop,
         authorize=auth_on,
         on_demand_rotation_limit=config.on_demand_rotation_limit,
+        quotas=quotas,
+        custom_key_store_quota=config.custom_key_store_quota,
+        custom_key_store_connect_seconds=config.custom_key_store_connect_seconds,
     )
     service.callers = known.callers
+    service.root_key_rotation = root_rotation.in_service(
+        config.root_key_file, store, hsm, from_environment=from_environment
+    )
     try:
-        service.restore(store.load())
+        service.restore(snapshot)
+        # The configured CloudHSM clusters, then the key stores that were connected.
+        service.key_stores.start(_cluster_specs(config))
     except BaseException:
+        service.key_stores.close()
         store.close()
         hsm.close()
+        os.close(data_dir_lock)
         raise
     verifier = (
         Verifier(known.credentials, region=config.region, clock=clock)
@@ -108,7 +152,63 @@ async def start(config: Config, clock: Callable[[], float] = time.time) -> Runni
     server = Server(Api(service, auth, access_log), limits)
     port = await server.start(config.host, config.port)
     sweeper = asyncio.ensure_future(_sweep(service))
-    return Running(config, known, service, server, port, sweeper)
+    return Running(config, known, service, server, port, sweeper, data_dir_lock)
+
+
+async def _hold_data_dir(config: Config) -> int:
+    """The data directory's lock (the directory created if missing), held by one
+    server at a time: two on one directory would each keep the root key they started
+    with, and a root key rotation through one would strand the other's partitions.
+
+    Raises:
+        ConflictError: another server uses the directory (or an offline rotation held
+            it too long).
+        RootKeyError: the directory cannot be created or locked.
+    """
+    directory = config.root_key_file.parent
+    deadline = time.monotonic() + DATA_DIR_WAIT_SECONDS
+    while (lock := lock_key_directory(directory, create=True)) is None:
+        if time.monotonic() > deadline:
+            raise ConflictError(
+                f"another keyplane server is using the data directory {directory}"
+                " (one directory serves one server: stop it, or give this one another"
+                " --data-dir), or `keyplane root-key rotate --data-dir` held it for"
+                f" over {DATA_DIR_WAIT_SECONDS:.0f} s"
+            )
+        await asyncio.sleep(0.05)
+    return lock
+
+
+def _quotas(config: Config) -> Quotas:
+    """The request quotas ``[quotas]`` asks for: AWS's defaults for the region unless
+    set otherwise (docs/configuration.md).
+
+    Raises:
+        ValidationError: a quota keyplane does not meter.
+    """
+    q = config.quotas
+    return Quotas.aws_defaults(
+        config.region,
+        dict(q.rates),
+        {account: dict(rates) for account, rates in q.accounts},
+        enabled=q.enabled,
+    )
+
+
+def _cluster_specs(config: Config) -> list[ClusterSpec]:
+    return [
+        ClusterSpec(
+            cluster_id=c.id,
+            account=c.account or config.account,
+            trust_anchor=c.trust_anchor,
+            hsm_count=c.hsm_count,
+            kmsuser_password=c.kmsuser_password,
+            extra_latency_ms=c.extra_latency_ms,
+            capacity_per_second=c.capacity_per_second,
+            backup_of=c.backup_of,
+        )
+        for c in config.clusters
+    ]
 
 
 def _access_wanted() -> bool:
@@ -118,8 +218,8 @@ def _access_wanted() -> bool:
 
 async def _sweep(service: KmsService) -> None:
     """Carry out what the clock makes due: deletions at the end of their waiting
-    period, and automatic rotations (one that came due while the server was down
-    happens on the first round)."""
+    period, automatic rotations (one that came due while the server was down
+    happens on the first round), and imported material reaching its ValidTo."""
     while True:
         try:
             await service.sweep_deletions()
@@ -129,6 +229,10 @@ async def _sweep(service: KmsService) -> None:
             await rotation.sweep_rotations(service)
         except Exception:
             _log.exception("rotating keys whose rotation date came failed")
+        try:
+            await imports.sweep_expired_material(service)
+        except Exception:
+            _log.exception("deleting imported key material at its ValidTo failed")
         await asyncio.sleep(SWEEP_SECONDS)
 
 

@@ -21,6 +21,8 @@ settings come from the TOML file, then environment variables, then these flags:
   [logging] level, access_log          KEYPLANE_LOG_LEVEL, KEYPLANE_ACCESS_LOG
   [auth]    mode ("sigv4" or "off")    KEYPLANE_AUTH
   [[accounts]] id, root_access_keys, [[accounts.principals]] (see docs/identities.md)
+  [[clusters]] id, trust_anchor_file, kmsuser_password, hsm_count, ... and
+  [custom_key_stores] request_quota, connect_seconds (see docs/origin-cloudhsm.md)
 with no [[accounts]], keyplane runs in development mode: one account with an IAM user
 "admin" allowed kms:*, whose access key is kept in <data_dir>/credentials (mode 0600,
 AWS shared-credentials format, profile "keyplane") and printed at start.
@@ -88,11 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an encryption context pair (repeatable)",
     )
     _add_backup_commands(commands)
+    _add_root_key_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "explain":
         return _explain(args)
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args)
+    if args.command == "root-key":
+        return _rotate_root_key(args)
 
     try:
         config = config_mod.load(
@@ -255,6 +260,95 @@ def _backup_or_restore(args: argparse.Namespace) -> int:
         ]
     for line in lines:
         print(line)
+    return 0
+
+
+ROOT_KEY_EPILOG = """\
+nothing but the partition keys' wrapping changes: every key, key material version,
+ciphertext and data key made before keeps working, and a running server keeps serving
+throughout. a stop at any moment leaves a data directory that starts and decrypts
+everything. only a root key file can be rotated, not KEYPLANE_ROOT_KEY.
+the old root key is gone afterwards: backups taken before the rotation open only under
+it, so copy <data_dir>/root.key somewhere safe first if you keep such backups.
+see docs/reliability.md.
+exit status: 0 done, 1 failed.
+"""
+
+
+def _add_root_key_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    root_key = commands.add_parser(
+        "root-key",
+        help="manage the root key",
+        description="Manage the root key that seals every partition key at rest.",
+    )
+    actions = root_key.add_subparsers(dest="root_key_command", required=True)
+    rotate = actions.add_parser(
+        "rotate",
+        help="re-wrap every partition key under a new root key",
+        description="Make a new root key and re-wrap every partition key under it.\n"
+        "By default a running server does it (signed like `keyplane explain`, with\n"
+        "the AWS credentials the AWS CLI would use; it needs keyplane:RotateRootKey).\n"
+        "With --data-dir, it is done offline on the data directory of a stopped\n"
+        "server, and refused while a server is using that directory.",
+        epilog=ROOT_KEY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rotate.add_argument("--endpoint", default="http://127.0.0.1:4599")
+    rotate.add_argument("--region", default=config_mod.DEFAULT_REGION)
+    rotate.add_argument("--profile", help="the AWS credentials profile to sign with")
+    rotate.add_argument(
+        "--data-dir",
+        type=Path,
+        help="rotate offline, in this data directory of a stopped server",
+    )
+
+
+def _rotate_root_key(args: argparse.Namespace) -> int:
+    """``keyplane root-key rotate``: only a count is printed, never a key."""
+    import time
+
+    started = time.perf_counter()
+    if args.data_dir is not None:
+        from keyplane import root_rotation
+
+        try:
+            config = config_mod.load(None, data_dir=args.data_dir)
+            count = root_rotation.rotate_offline(config.root_key_file, config.database)
+        except KeyplaneError as exc:
+            print(f"keyplane: root key rotation failed: {exc}", file=sys.stderr)
+            return 1
+        where = str(config.root_key_file)
+    else:
+        import botocore.session
+
+        from keyplane.client import BatchClient, BatchRequestError
+
+        credentials = botocore.session.Session(profile=args.profile).get_credentials()
+        try:
+            with BatchClient(
+                args.endpoint, region=args.region, credentials=credentials
+            ) as client:
+                # BatchClient has no method for this operation; its signed post is
+                # the same for every keyplane operation.
+                answer = client._post("RotateRootKey", {})
+        except BatchRequestError as exc:
+            print(f"keyplane: root key rotation failed: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as exc:
+            print(
+                f"keyplane: cannot reach a server at {args.endpoint} ({exc}); start it,"
+                " or rotate a stopped server's data directory with --data-dir",
+                file=sys.stderr,
+            )
+            return 1
+        count = int(answer["PartitionsRewrapped"])
+        where = f"the server at {args.endpoint}"
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    print(
+        f"rotated the root key of {where}: re-wrapped {count} partition keys in"
+        f" {elapsed_ms:.0f} ms; no key, key material or ciphertext changed"
+    )
+    print("backups taken before now open only under the previous root key")
     return 0
 
 

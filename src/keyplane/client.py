@@ -153,6 +153,29 @@ class BatchClient:
         ``[clock] adjustable = true``); returns its new now, in epoch seconds."""
         return float(self._post("AdvanceClock", {"Seconds": seconds})["Now"])
 
+    # --- emulated CloudHSM clusters (keyplane.api.clusters) ---
+
+    def create_cloudhsm_cluster(self, **members: Any) -> dict[str, Any]:
+        """Create a cluster for custom key stores: ``TrustAnchorCertificate`` and
+        optionally ``ClusterId``, ``HsmCount``, ``KmsUserPassword``,
+        ``ExtraLatencyMs``, ``CapacityPerSecond``, ``SourceClusterId``."""
+        return dict(self._post("CreateCloudHsmCluster", members)["Cluster"])
+
+    def describe_cloudhsm_clusters(
+        self, cluster_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        payload = {} if cluster_id is None else {"ClusterId": cluster_id}
+        return list(self._post("DescribeCloudHsmClusters", payload)["Clusters"])
+
+    def update_cloudhsm_cluster(
+        self, cluster_id: str, **changes: Any
+    ) -> dict[str, Any]:
+        """Change a cluster as its owner would: ``HsmCount``, ``Active``,
+        ``KmsUserPassword``, ``DeleteKmsUser``, ``KmsUserLockedOut``,
+        ``KmsUserLoggedIn``, ``ExtraLatencyMs``, ``CapacityPerSecond``, ..."""
+        payload = {"ClusterId": cluster_id, **changes}
+        return dict(self._post("UpdateCloudHsmCluster", payload)["Cluster"])
+
     def _post(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(payload).encode()
         request = AWSRequest(

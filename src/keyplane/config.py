@@ -33,6 +33,7 @@ ENVIRONMENT: Final = {
     "KEYPLANE_ACCESS_LOG": ("logging", "access_log"),
     "KEYPLANE_AUTH": ("auth", "mode"),
     "KEYPLANE_ADJUSTABLE_CLOCK": ("clock", "adjustable"),
+    "KEYPLANE_QUOTAS": ("quotas", "enabled"),
 }
 
 # How requests prove who sent them. "off" exists only so tests and benchmarks can
@@ -77,6 +78,50 @@ class AccountConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaConfig:
+    """``[quotas]``: request quotas per account (keyplane.kms._quota meters them).
+
+    Attributes:
+        enabled: False switches every quota off.
+        rates: (quota name, requests per second) for every account; a quota not named
+            here gets AWS's default for the service's region; 0 means unlimited.
+        accounts: (account id, its own rates) for the accounts that differ.
+    """
+
+    enabled: bool = True
+    rates: tuple[tuple[str, float], ...] = ()
+    accounts: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[[clusters]]``: an emulated CloudHSM cluster for custom key stores.
+
+    Attributes:
+        id: The cluster id, ``cluster-`` and 11 to 16 base32 characters.
+        trust_anchor: The text of its trust anchor certificate (customerCA.crt).
+        account: The account that owns it; None for the service's account.
+        hsm_count: Active HSMs (0 to 28); key stores need 2 to create keys.
+        kmsuser_password: The password of its ``kmsuser`` crypto user; None for a
+            cluster without one (connecting then fails with USER_NOT_FOUND).
+        extra_latency_ms: Added to every round trip to the cluster.
+        capacity_per_second: At most this many cryptographic operations a second
+            (0: as fast as the host allows).
+        backup_of: A cluster this one was restored from a backup of: it shares that
+            cluster's backup history, users and keys.
+    """
+
+    id: str
+    trust_anchor: str
+    account: str | None = None
+    hsm_count: int = 2
+    kmsuser_password: str | None = field(default=None, repr=False)
+    extra_latency_ms: float = 0.0
+    capacity_per_second: float = 0.0
+    backup_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -99,6 +144,13 @@ class Config:
     # Empty means development mode: one account (``account``) with an admin user whose
     # access key is created on first start (see keyplane.identities).
     accounts: tuple[AccountConfig, ...] = ()
+    quotas: QuotaConfig = field(default_factory=QuotaConfig)
+    # Custom key stores: the clusters that may back them, each store's request quota
+    # (AWS: 1,800 a second for a CloudHSM key store; 0 for none), and how long
+    # ConnectCustomKeyStore takes to connect.
+    clusters: tuple[ClusterConfig, ...] = ()
+    custom_key_store_quota: float = 1800.0
+    custom_key_store_connect_seconds: float = 0.5
 
     @property
     def database(self) -> Path:
@@ -145,6 +197,16 @@ def load(
         "request_timeout": _get(sections, "server", "request_timeout", float),
         "idle_timeout": _get(sections, "server", "idle_timeout", float),
         "accounts": _accounts(sections.get("accounts")),
+        "quotas": _quotas(sections.get("quotas")),
+        "clusters": _clusters(
+            sections.get("clusters"), path.parent if path is not None else Path(".")
+        ),
+        "custom_key_store_quota": _get(
+            sections, "custom_key_stores", "request_quota", float
+        ),
+        "custom_key_store_connect_seconds": _get(
+            sections, "custom_key_stores", "connect_seconds", float
+        ),
     }
     config = replace(Config(), **{k: v for k, v in flat.items() if v is not None})
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -220,6 +282,53 @@ def _accounts(raw: Any) -> tuple[AccountConfig, ...] | None:
     return tuple(accounts)
 
 
+def _quotas(raw: Any) -> QuotaConfig | None:
+    """``[quotas]``: ``enabled``, a rate per quota name, and ``[quotas.accounts.<id>]``
+    tables of rates for single accounts. Quota names are checked when the service
+    builds its quotas; here, that every rate is a number of requests per second."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValidationError("quotas must be a table ([quotas])")
+    table = dict(raw)
+    enabled = table.pop("enabled", None)
+    try:
+        on = True if enabled is None else _boolean(enabled)
+    except ValueError as exc:
+        raise ValidationError(f"setting quotas.enabled: {exc}") from exc
+    accounts = table.pop("accounts", {})
+    if not isinstance(accounts, dict):
+        raise ValidationError(
+            "quotas.accounts must be tables: [quotas.accounts.<account id>]"
+        )
+    per_account = []
+    for account, rates in accounts.items():
+        if not re.fullmatch(r"\d{12}", account):
+            raise ValidationError(
+                f"quotas.accounts: {account!r} is not a 12-digit account id"
+            )
+        if not isinstance(rates, dict):
+            raise ValidationError(f"quotas.accounts.{account} must be a table")
+        per_account.append((account, _rates(rates, f"quotas.accounts.{account}")))
+    return QuotaConfig(on, _rates(table, "quotas"), tuple(per_account))
+
+
+def _rates(table: dict[str, Any], where: str) -> tuple[tuple[str, float], ...]:
+    rates = []
+    for name, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(
+                f"{where}.{name} must be a number of requests per second, not {value!r}"
+            )
+        if not 0 <= value < float("inf"):
+            raise ValidationError(
+                f"{where}.{name} must be 0 (unlimited) or a positive number of "
+                f"requests per second, not {value}"
+            )
+        rates.append((name, float(value)))
+    return tuple(rates)
+
+
 def _tables(raw: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise ValidationError(f"{where} must be an array of tables")
@@ -266,6 +375,103 @@ def _policies(raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(policies)
 
 
+_CLUSTER_ID = re.compile(r"cluster-[2-7a-zA-Z]{11,16}")
+
+
+def _clusters(raw: Any, base: Path) -> tuple[ClusterConfig, ...] | None:
+    """``[[clusters]]`` tables: id, the trust anchor as text
+    (``trust_anchor_certificate``) or a file (``trust_anchor_file``, relative to the
+    configuration file), account, hsm_count, kmsuser_password, extra_latency_ms,
+    capacity_per_second, backup_of."""
+    if raw is None:
+        return None
+    clusters = []
+    for entry in _tables(raw, "clusters"):
+        _only(
+            entry,
+            "clusters",
+            {
+                "id",
+                "account",
+                "hsm_count",
+                "trust_anchor_certificate",
+                "trust_anchor_file",
+                "kmsuser_password",
+                "extra_latency_ms",
+                "capacity_per_second",
+                "backup_of",
+            },
+        )
+        cluster_id = entry.get("id")
+        if not isinstance(cluster_id, str) or not _CLUSTER_ID.fullmatch(cluster_id):
+            raise ValidationError(
+                "clusters.id looks like cluster-1a23b4cdefg (11 to 16 of a-z, A-Z, "
+                f"2-7 after the dash), not {cluster_id!r}"
+            )
+        where = f"cluster {cluster_id}"
+        anchor = entry.get("trust_anchor_certificate")
+        anchor_file = entry.get("trust_anchor_file")
+        if (anchor is None) == (anchor_file is None):
+            raise ValidationError(
+                f"{where}: give trust_anchor_certificate or trust_anchor_file"
+            )
+        if anchor_file is not None:
+            try:
+                anchor = (base / str(anchor_file)).read_text()
+            except OSError as exc:
+                raise ValidationError(
+                    f"{where}: cannot read trust_anchor_file: {exc}"
+                ) from exc
+        if not isinstance(anchor, str) or not anchor.strip():
+            raise ValidationError(f"{where}: the trust anchor certificate is empty")
+        account = entry.get("account")
+        if account is not None and not re.fullmatch(r"\d{12}", str(account)):
+            raise ValidationError(f"{where}: account must be 12 digits")
+        password = entry.get("kmsuser_password")
+        if password is not None and (
+            not isinstance(password, str) or not 7 <= len(password) <= 32
+        ):
+            raise ValidationError(
+                f"{where}: kmsuser_password must be 7 to 32 characters"
+            )
+        backup_of = entry.get("backup_of")
+        if backup_of is not None and not isinstance(backup_of, str):
+            raise ValidationError(f"{where}: backup_of must be a cluster id")
+        try:
+            clusters.append(
+                ClusterConfig(
+                    id=cluster_id,
+                    trust_anchor=anchor,
+                    account=None if account is None else str(account),
+                    hsm_count=_whole(entry.get("hsm_count", 2)),
+                    kmsuser_password=password,
+                    extra_latency_ms=float(entry.get("extra_latency_ms", 0.0)),
+                    capacity_per_second=float(entry.get("capacity_per_second", 0.0)),
+                    backup_of=backup_of,
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"{where}: {exc}") from exc
+        if not 0 <= clusters[-1].hsm_count <= 28:
+            raise ValidationError(f"{where}: hsm_count must be 0 to 28")
+        if clusters[-1].extra_latency_ms < 0 or clusters[-1].capacity_per_second < 0:
+            raise ValidationError(
+                f"{where}: extra_latency_ms and capacity_per_second must not be "
+                "negative"
+            )
+    ids = [c.id for c in clusters]
+    for cluster_id in ids:
+        if ids.count(cluster_id) > 1:
+            raise ValidationError(f"cluster {cluster_id} is declared twice")
+    return tuple(clusters)
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"hsm_count must be a whole number, not {value!r}")
+    return int(value)
+
+
 def _check(config: Config) -> None:
     if not re.fullmatch(r"\d{12}", config.account):
         raise ValidationError(
@@ -286,6 +492,12 @@ def _check(config: Config) -> None:
         raise ValidationError(
             "service.on_demand_rotation_limit must be 0 or more, not "
             f"{config.on_demand_rotation_limit}"
+        )
+    if config.custom_key_store_quota < 0:
+        raise ValidationError("custom_key_stores.request_quota must not be negative")
+    if not 0 <= config.custom_key_store_connect_seconds <= 3600:
+        raise ValidationError(
+            "custom_key_stores.connect_seconds must be 0 to 3600 seconds"
         )
     if config.auth not in AUTH_MODES:
         raise ValidationError(f"auth.mode must be sigv4 or off, not {config.auth!r}")

@@ -186,3 +186,91 @@ class InvalidGrantIdError(KeyplaneError):
 class ConflictError(KeyplaneError):
     """The request conflicts with work under way on the resource (AWS's
     ConflictException: an automatic rotation running or about to run)."""
+
+
+# --- imported key material ------------------------------------------------------------
+
+
+class IncorrectKeyMaterialError(KeyplaneError):
+    """Imported material that is not what the key expects: not the material imported
+    before, or new material the key already has."""
+
+
+class ExpiredImportTokenError(KeyplaneError):
+    """An import token past its 24 hours."""
+
+
+class InvalidImportTokenError(KeyplaneError):
+    """An import token this service did not issue for this key."""
+
+
+# --- custom key stores ----------------------------------------------------------------
+
+
+class CustomKeyStoreNotFoundError(NotFoundError):
+    """No custom key store of the account has that id or name."""
+
+
+class CustomKeyStoreNameInUseError(KeyplaneError):
+    """Another custom key store of the account already has that name."""
+
+
+class CustomKeyStoreInvalidStateError(KeyplaneError):
+    """The custom key store's connection state does not allow the operation."""
+
+
+class CustomKeyStoreHasKeysError(KeyplaneError):
+    """The custom key store still holds KMS keys, in any key state."""
+
+
+class CloudHsmClusterNotFoundError(NotFoundError):
+    """No CloudHSM cluster of the account has that id."""
+
+
+class CloudHsmClusterInUseError(KeyplaneError):
+    """The cluster, or one that shares its backup history, backs another key store."""
+
+
+class CloudHsmClusterNotActiveError(KeyplaneError):
+    """The cluster is not initialized and active."""
+
+
+class CloudHsmClusterInvalidConfigurationError(KeyplaneError):
+    """The cluster lacks what the operation needs of it (active HSMs, say)."""
+
+
+class CloudHsmClusterNotRelatedError(KeyplaneError):
+    """The cluster does not share the backup history of the key store's cluster."""
+
+
+class IncorrectTrustAnchorError(KeyplaneError):
+    """The trust anchor certificate is not the one the cluster was initialized with."""
+
+
+class ClusterLoginError(KeyplaneError):
+    """A user could not log in to a CloudHSM cluster; the subclass says why."""
+
+
+class ClusterUserNotFoundError(ClusterLoginError):
+    """The cluster has no user of that name."""
+
+
+class ClusterCredentialsError(ClusterLoginError):
+    """The password is not the user's current one."""
+
+
+class ClusterUserLockedOutError(ClusterLoginError):
+    """The user is locked out of the cluster."""
+
+
+class ClusterUserLoggedInError(ClusterLoginError):
+    """The user is already logged in to the cluster elsewhere."""
+
+
+class ClusterHsmsUnavailableError(ClusterLoginError):
+    """The cluster has no active HSM to log in to."""
+
+
+class ClusterRoleError(KeyplaneError):
+    """A cluster user asked for something its role (or its ownership of a key) does
+    not allow."""

@@ -273,6 +273,12 @@ def _mutate(data: st.DataObject, node: Any, rate: int) -> Any:
     return node
 
 
+# keyplane's administration of emulated CloudHSM clusters (keyplane.api.clusters).
+_CLUSTER_OPERATIONS = frozenset(
+    {"CreateCloudHsmCluster", "DescribeCloudHsmClusters", "UpdateCloudHsmCluster"}
+)
+
+
 def _extension_body(pool: Pool, name: str, data: st.DataObject) -> Any:
     if name == "ExplainAccess":
         return _resolve(
@@ -296,6 +302,31 @@ def _extension_body(pool: Pool, name: str, data: st.DataObject) -> Any:
     if name == "AdvanceClock":
         # Small steps: a century at once would only test the clock's own bound.
         return {"Seconds": data.draw(st.integers(1, 3600) | st.floats(0, 3600))}
+    if name == "RotateRootKey":
+        return {}  # it takes no members; _mutate may swap in arbitrary JSON
+    if name in _CLUSTER_OPERATIONS:
+        return data.draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "ClusterId": st.sampled_from(
+                        ["cluster-fuzzfuzzfuzz", "cluster-short", "cluster-1"]
+                    )
+                    | st.text(max_size=24),
+                    "TrustAnchorCertificate": st.text(max_size=40),
+                    "HsmCount": st.integers(-1, 30),
+                    "Active": st.booleans(),
+                    "KmsUserPassword": st.text(min_size=5, max_size=34),
+                    "ExtraLatencyMs": st.floats(-1, 70_000),
+                    "CapacityPerSecond": st.floats(-1, 1e13),
+                    "DeleteKmsUser": st.booleans(),
+                    "KmsUserLockedOut": st.booleans(),
+                    "KmsUserLoggedIn": st.booleans(),
+                    "SourceClusterId": st.just("cluster-fuzzfuzzfuzz")
+                    | st.text(max_size=24),
+                },
+            )
+        )
     items = data.draw(st.lists(_request(name), min_size=1, max_size=4))
     return {"Items": [_wire(name, _resolve(pool, i)) for i in items]}
 

@@ -41,6 +41,8 @@ ADMIN = f"arn:aws:iam::{ACCOUNT}:user/admin"
 ALIAS = "alias/malformed-test"
 CONTEXT = {"purpose": "malformed"}
 UNKNOWN = {"UnknownMember": {"nested": [1, "two", None]}}
+MISSING_CLUSTER = "cluster-abcdefghijk"
+MISSING_STORE = "cks-1234567890abcdef0"
 
 SERIALIZATION = "SerializationException"
 VALIDATION = "ValidationException"
@@ -266,6 +268,40 @@ def baseline(operation: str, w: World) -> dict[str, Any]:
         "GetKeyRotationStatus": key,
         "RotateKeyOnDemand": key,
         "ListKeyRotations": {**key, "IncludeKeyMaterial": "ALL_KEY_MATERIAL", **page},
+        # --- imported key material: the baseline key's origin is AWS_KMS, so these
+        # change nothing (see _HARMLESS).
+        "GetParametersForImport": {
+            **key,
+            "WrappingAlgorithm": "RSAES_OAEP_SHA_256",
+            "WrappingKeySpec": "RSA_2048",
+        },
+        "ImportKeyMaterial": {
+            **key,
+            "ImportToken": b64,
+            "EncryptedKeyMaterial": b64,
+            "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE",
+            "ImportType": "EXISTING_KEY_MATERIAL",
+            "KeyMaterialId": "a" * 64,
+            "KeyMaterialDescription": "malformed",
+        },
+        "DeleteImportedKeyMaterial": {**key, "KeyMaterialId": "a" * 64},
+        # --- custom key stores: this server has no cluster and no key store, so
+        # these name ones that do not exist (see _HARMLESS).
+        "CreateCustomKeyStore": {
+            "CustomKeyStoreName": "malformed-store",
+            "CloudHsmClusterId": MISSING_CLUSTER,
+            "TrustAnchorCertificate": "-----BEGIN CERTIFICATE-----",
+            "KeyStorePassword": "kmsuser-password",
+            "CustomKeyStoreType": "AWS_CLOUDHSM",
+        },
+        "DescribeCustomKeyStores": page,
+        "ConnectCustomKeyStore": {"CustomKeyStoreId": MISSING_STORE},
+        "DisconnectCustomKeyStore": {"CustomKeyStoreId": MISSING_STORE},
+        "UpdateCustomKeyStore": {
+            "CustomKeyStoreId": MISSING_STORE,
+            "NewCustomKeyStoreName": "renamed",
+        },
+        "DeleteCustomKeyStore": {"CustomKeyStoreId": MISSING_STORE},
     }
     return table[operation]
 
@@ -292,6 +328,14 @@ _HARMLESS: Mapping[str, tuple[dict[str, Any], str]] = {
     "EnableKeyRotation": ({"KeyId": "missing"}, "NotFoundException"),
     "DisableKeyRotation": ({"KeyId": "missing"}, "NotFoundException"),
     "RotateKeyOnDemand": ({"KeyId": "missing"}, "NotFoundException"),
+    "GetParametersForImport": ({}, "UnsupportedOperationException"),
+    "ImportKeyMaterial": ({}, "UnsupportedOperationException"),
+    "DeleteImportedKeyMaterial": ({}, "UnsupportedOperationException"),
+    "CreateCustomKeyStore": ({}, "CloudHsmClusterNotFoundException"),
+    "ConnectCustomKeyStore": ({}, "CustomKeyStoreNotFoundException"),
+    "DisconnectCustomKeyStore": ({}, "CustomKeyStoreNotFoundException"),
+    "UpdateCustomKeyStore": ({}, "CustomKeyStoreNotFoundException"),
+    "DeleteCustomKeyStore": ({}, "CustomKeyStoreNotFoundException"),
 }
 
 
@@ -569,7 +613,10 @@ def _pages(call: Any, key: str, **kw: Any) -> list[Any]:
 
 def snapshot(kms: Any) -> dict[str, Any]:
     """Everything a malformed request might have changed, as boto3 reads it."""
-    state: dict[str, Any] = {"aliases": _pages(kms.list_aliases, "Aliases")}
+    state: dict[str, Any] = {
+        "aliases": _pages(kms.list_aliases, "Aliases"),
+        "custom_key_stores": _pages(kms.describe_custom_key_stores, "CustomKeyStores"),
+    }
     for entry in _pages(kms.list_keys, "Keys"):
         key = entry["KeyId"]
         grants = _pages(kms.list_grants, "Grants", KeyId=key)

@@ -24,6 +24,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from tests.integration.conftest import (
     ServerProcess,
     kms_client,
 )
+from tests.integration.test_import import wrap
 
 ADMIN_ARN = f"arn:aws:iam::{ACCOUNT}:user/admin"
 NOBODY_ARN = f"arn:aws:iam::{ACCOUNT}:user/nobody"
@@ -56,6 +58,31 @@ CONFIG = ADMIN_CONFIG + (
     '[[accounts.principals]]\ntype = "user"\nname = "nobody"\n'
     f'access_keys = [{{ id = "{NOBODY_KEY}", secret = "{NOBODY_SECRET}" }}]\n'
 )
+
+# A CloudHSM cluster for a custom key store, with a kmsuser password to look for.
+KMSUSER_PASSWORD = f"kmsuser-{os.urandom(8).hex()}"
+STORE_CLUSTER_ID = "cluster-secretsaaaaa"
+STORE_ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIBsealed\n-----END CERTIFICATE-----"
+STORE_CLUSTER = (
+    f'[[clusters]]\nid = "{STORE_CLUSTER_ID}"\n'
+    f"trust_anchor_certificate = {json.dumps(STORE_ANCHOR)}\n"
+    f'kmsuser_password = "{KMSUSER_PASSWORD}"\n'
+)
+
+
+def _key_in_store(kms: Any, store_id: str) -> str:
+    """A key created in the store once it has connected."""
+    for _ in range(200):
+        state = kms.describe_custom_key_stores(CustomKeyStoreId=store_id)[
+            "CustomKeyStores"
+        ][0]["ConnectionState"]
+        if state == "CONNECTED":
+            made = kms.create_key(Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id)
+            return str(made["KeyMetadata"]["KeyId"])
+        assert state == "CONNECTING", state
+        time.sleep(0.05)
+    raise AssertionError("the key store did not connect")
+
 
 # Blob layout version 1 (keyplane/kms/_blob.py): a 21-byte header, the 12-byte IV,
 # the ciphertext, the 16-byte tag.
@@ -224,6 +251,24 @@ def test_the_key_search_finds_a_planted_key() -> None:
 # --- 1. sealed storage ----------------------------------------------------------------
 
 
+def import_into(kms: Any, key_id: str, material: bytes) -> bytes:
+    """Import ``material`` into an EXTERNAL key; the import token it used."""
+    params = kms.get_parameters_for_import(
+        KeyId=key_id,
+        WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256",
+        WrappingKeySpec="RSA_2048",
+    )
+    kms.import_key_material(
+        KeyId=key_id,
+        ImportToken=params["ImportToken"],
+        EncryptedKeyMaterial=wrap(
+            params["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", material
+        ),
+        ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+    )
+    return bytes(params["ImportToken"])
+
+
 def _plaintext(label: str) -> bytes:
     """A distinctive plaintext: readable text that no file would hold by chance."""
     return f"keyplane-secret-{label}-{os.urandom(12).hex()}".encode()
@@ -247,6 +292,7 @@ def _read_store(data_dir: Path, into: Path) -> dict[str, list[tuple[Any, ...]]]:
                 "SELECT key_id, version, wrapped FROM materials"
             ).fetchall(),
             "grants": conn.execute("SELECT data FROM grants").fetchall(),
+            "key metadata": conn.execute("SELECT metadata FROM keys").fetchall(),
         }
     finally:
         conn.close()
@@ -257,7 +303,7 @@ def test_the_data_directory_holds_no_plaintext_data_key_or_raw_key(
     tmp_path: Path, sig: int
 ) -> None:
     data_dir = tmp_path / "data"
-    server = ServerProcess(data_dir)
+    server = ServerProcess(data_dir, config=ADMIN_CONFIG + STORE_CLUSTER)
     server.start()
     secrets = Secrets()
     known: list[KnownPlaintext] = []
@@ -293,6 +339,29 @@ def test_the_data_directory_holds_no_plaintext_data_key_or_raw_key(
         for i, key in enumerate(keys):
             seal(key, f"v1-of-{i}")
             versions[key] = 1
+        # Imported material: the material itself is a secret the store must only
+        # ever hold sealed, and the key search below tries it like any version.
+        imported = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+        import_into(kms, imported, bytes(secrets.add("imported", os.urandom(32))))
+        seal(imported, "v1-of-imported")
+        versions[imported] = 1
+        # A key in a custom key store, whose material lives in a cluster's partition;
+        # kmsuser's password may reach the disk only as a salted verifier.
+        password = str(secrets.add("kmsuser password", KMSUSER_PASSWORD))
+        store = kms.create_custom_key_store(
+            CustomKeyStoreName="sealed",
+            CloudHsmClusterId=STORE_CLUSTER_ID,
+            TrustAnchorCertificate=STORE_ANCHOR,
+            KeyStorePassword=password,
+        )["CustomKeyStoreId"]
+        kms.connect_custom_key_store(CustomKeyStoreId=store)
+        in_store = _key_in_store(kms, store)
+        seal(in_store, "v1-in-a-key-store")
+        versions[in_store] = 1
+        secrets.add(
+            "random from a key store",
+            kms.generate_random(NumberOfBytes=32, CustomKeyStoreId=store)["Plaintext"],
+        )
         for rounds, key in ((2, keys[0]), (1, keys[1])):
             for _ in range(rounds):
                 kms.rotate_key_on_demand(KeyId=key)
@@ -355,7 +424,7 @@ def test_the_data_directory_holds_no_plaintext_data_key_or_raw_key(
     # One wrapped row per material version, each sealed (IV and tag around it) and
     # each different.
     assert sorted((k, v) for k, v, _ in store["materials"]) == sorted(
-        (k, v) for k in keys for v in range(1, versions[k] + 1)
+        (k, v) for k, n in versions.items() for v in range(1, n + 1)
     )
     wrapped = [bytes(w) for _, _, w in store["materials"]]
     wrapped += [bytes(w) for _, w in store["partitions"]]
@@ -527,6 +596,14 @@ def test_nothing_secret_is_printed_answered_or_counted(tmp_path: Path) -> None:
         )
         secrets.add("random", kms.generate_random(NumberOfBytes=32)["Plaintext"])
 
+        # Imported material, and the import token that carried it.
+        imported = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+        import_token = import_into(
+            kms, imported, bytes(secrets.add("imported material", os.urandom(32)))
+        )
+        secrets.add("import token", import_token)
+        kms.encrypt(KeyId=imported, Plaintext=plaintext)
+
         # Rotation: the old ciphertext still opens, a new one seals.
         kms.rotate_key_on_demand(KeyId=keys[0])
         assert (
@@ -659,7 +736,7 @@ def test_nothing_secret_is_printed_answered_or_counted(tmp_path: Path) -> None:
 
         with urllib.request.urlopen(f"{server.endpoint}/metrics") as response:
             metrics = response.read()
-        assert json.loads(metrics)["keys"] == 2
+        assert json.loads(metrics)["keys"] == 3
     finally:
         server.stop()
     printed = server.output
@@ -676,6 +753,9 @@ def test_nothing_secret_is_printed_answered_or_counted(tmp_path: Path) -> None:
     store = _read_store(data_dir, tmp_path / "copy")
     (row,) = store["grants"]
     secrets.add("grant token secret", bytes.fromhex(json.loads(row[0])["token_secret"]))
+    for metadata in store["key metadata"]:
+        for parameters in json.loads(metadata[0]).get("import_parameters", []):
+            secrets.add("import token secret", bytes.fromhex(parameters["secret"]))
 
     assert secrets.found_in(printed.encode()) == []
     assert secrets.found_in("\n".join(answers).encode()) == []

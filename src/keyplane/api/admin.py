@@ -1,5 +1,5 @@
-"""keyplane's diagnostic extensions: ``KeyplaneService.ExplainAccess`` and
-``KeyplaneService.AdvanceClock``.
+"""keyplane's own operations: ``KeyplaneService.ExplainAccess``,
+``KeyplaneService.AdvanceClock`` and ``KeyplaneService.RotateRootKey``.
 
 Request ``{"Action": "kms:Encrypt", "KeyId": "...", "Principal": "arn:...",
 "EncryptionContext": {...}}`` (only Action is required); the answer says whether that
@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import orjson
 
+from keyplane.api import clusters
 from keyplane.api.batch import BatchHandler, context_member
 from keyplane.errors import MalformedRequestError
 from keyplane.kms import KmsService, RequestContext
@@ -76,7 +77,19 @@ async def advance_clock(svc: KmsService, ctx: RequestContext, body: bytes) -> by
     return orjson.dumps({"Now": svc.advance_clock(seconds)})
 
 
+async def rotate_root_key(svc: KmsService, ctx: RequestContext, body: bytes) -> bytes:
+    """Re-wrap every partition key under a new root key while the service keeps
+    serving (docs/reliability.md); needs keyplane:RotateRootKey (or an account root).
+    The answer is a count: no key, and nothing derived from one."""
+    _object(body)
+    svc.access.check_account(ctx, "keyplane:RotateRootKey")
+    return orjson.dumps({"PartitionsRewrapped": await svc.rotate_root_key()})
+
+
 OPERATIONS: Final[Mapping[str, BatchHandler]] = {
     "ExplainAccess": explain_access,
     "AdvanceClock": advance_clock,
+    "RotateRootKey": rotate_root_key,
+    # Emulated CloudHSM clusters, for custom key stores (keyplane.api.clusters).
+    **clusters.OPERATIONS,
 }

@@ -12,8 +12,26 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from keyplane.errors import UnsupportedOperationError, ValidationError
-from keyplane.kms import KeyGrant, KeyState, KmsKey, KmsService, RequestContext
-from keyplane.kms.ops import aliases, crypto, grants, keys, policies, rotation, tags
+from keyplane.kms import (
+    ConnectionState,
+    CustomKeyStore,
+    KeyGrant,
+    KeyState,
+    KmsKey,
+    KmsService,
+    RequestContext,
+)
+from keyplane.kms.ops import (
+    aliases,
+    crypto,
+    custom_key_stores,
+    grants,
+    imports,
+    keys,
+    policies,
+    rotation,
+    tags,
+)
 
 Params = Mapping[str, Any]
 Result = dict[str, Any]
@@ -29,18 +47,28 @@ def key_metadata(key: KmsKey) -> Result:
         "KeyId": key.key_id,
         "Arn": key.arn,
         "CreationDate": key.created_at,
-        "Enabled": key.state is KeyState.ENABLED,
+        "Enabled": key.effective_state is KeyState.ENABLED,
         "Description": key.description,
         "KeyUsage": key.key_usage,
-        "KeyState": key.state.value,
+        "KeyState": key.effective_state.value,
         "Origin": key.origin,
         "KeyManager": "CUSTOMER",
         "CustomerMasterKeySpec": key.key_spec,
         "KeySpec": key.key_spec,
         "EncryptionAlgorithms": [SYMMETRIC_DEFAULT],
         "MultiRegion": False,
-        "CurrentKeyMaterialId": key.material_id(key.current_version),
     }
+    if key.current_version:
+        metadata["CurrentKeyMaterialId"] = key.material_id(key.current_version)
+    expiry = key.material_expiry() if key.origin == "EXTERNAL" else None
+    if expiry is not None:
+        # AWS: present only for imported keys.
+        metadata["ExpirationModel"], valid_to = expiry
+        if valid_to is not None:
+            metadata["ValidTo"] = valid_to
+    if key.key_store is not None:
+        metadata["CustomKeyStoreId"] = key.key_store.store_id
+        metadata["CloudHsmClusterId"] = key.key_store.cluster_id
     if key.state is KeyState.PENDING_DELETION:
         metadata["DeletionDate"] = key.deletion_date
         metadata["PendingDeletionWindowInDays"] = key.pending_window_days
@@ -323,12 +351,15 @@ async def generate_data_key_without_plaintext(
     }
 
 
-def generate_random(svc: KmsService, ctx: RequestContext, p: Params) -> Result:
+def generate_random(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result | Awaitable[Result]:
     _no_recipient(p)
-    if p.get("CustomKeyStoreId") is not None:
-        raise UnsupportedOperationError(
-            "Custom key stores are not supported by keyplane yet."
-        )
+    store_id = p.get("CustomKeyStoreId")
+    if store_id is not None:
+        # From the key store's cluster, on its own worker: a coroutine, where the
+        # plain call answers at once.
+        return _random_in_store(svc, ctx, store_id, p.get("NumberOfBytes"))
     return {"Plaintext": crypto.generate_random(svc, ctx, p.get("NumberOfBytes"))}
 
 
@@ -385,13 +416,78 @@ def list_key_rotations(svc: KmsService, ctx: RequestContext, p: Params) -> Resul
         row: Result = {
             "KeyId": entry.key.key_id,
             "KeyMaterialId": entry.key.material_id(entry.version),
-            "KeyMaterialState": "CURRENT" if entry.current else "NON_CURRENT",
+            "KeyMaterialState": entry.state,
         }
         if entry.date is not None:
             row["RotationDate"] = entry.date
             row["RotationType"] = entry.rotation_type
+        if entry.key.origin == "EXTERNAL":
+            row.update(_imported_material(entry.key, entry.version))
         rows.append(row)
     return _page({"Rotations": rows}, marker)
+
+
+def _imported_material(key: KmsKey, version: int) -> Result:
+    """The members ListKeyRotations adds for a version of imported material."""
+    entry = key.imported[version - 1]
+    row: Result = {
+        "ImportState": "PENDING_IMPORT"
+        if key.versions[version - 1] is None
+        else "IMPORTED",
+        "ExpirationModel": entry["expiration_model"],
+    }
+    if entry.get("valid_to") is not None:
+        row["ValidTo"] = entry["valid_to"]
+    if entry.get("description"):
+        row["KeyMaterialDescription"] = entry["description"]
+    return row
+
+
+# --- imported key material ------------------------------------------------------------
+
+
+async def get_parameters_for_import(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    found = await imports.get_parameters_for_import(
+        svc, ctx, p["KeyId"], p["WrappingAlgorithm"], p["WrappingKeySpec"]
+    )
+    return {
+        "KeyId": found.key.arn,
+        "ImportToken": found.import_token,
+        "PublicKey": found.public_key,
+        "ParametersValidTo": found.valid_to,
+    }
+
+
+async def import_key_material(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    done = await imports.import_key_material(
+        svc,
+        ctx,
+        p["KeyId"],
+        p["ImportToken"],
+        p["EncryptedKeyMaterial"],
+        expiration_model=p.get("ExpirationModel"),
+        valid_to=p.get("ValidTo"),
+        import_type=p.get("ImportType"),
+        key_material_id=p.get("KeyMaterialId"),
+        description=p.get("KeyMaterialDescription"),
+    )
+    return {"KeyId": done.key.arn, "KeyMaterialId": done.material_id}
+
+
+async def delete_imported_key_material(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    key, material_id = await imports.delete_imported_key_material(
+        svc, ctx, p["KeyId"], p.get("KeyMaterialId")
+    )
+    result: Result = {"KeyId": key.arn}
+    if material_id is not None:
+        result["KeyMaterialId"] = material_id
+    return result
 
 
 # --- key policies ---------------------------------------------------------------------
@@ -498,6 +594,117 @@ async def revoke_grant(svc: KmsService, ctx: RequestContext, p: Params) -> Resul
     return {}
 
 
+# --- custom key stores ----------------------------------------------------------------
+
+# Members only an external key store takes: keyplane has none.
+XKS_MEMBERS: Final = (
+    "XksProxyUriEndpoint",
+    "XksProxyUriPath",
+    "XksProxyVpcEndpointServiceName",
+    "XksProxyVpcEndpointServiceOwner",
+    "XksProxyAuthenticationCredential",
+    "XksProxyConnectivity",
+)
+
+
+def _xks(p: Params) -> bool:
+    return any(p.get(member) is not None for member in XKS_MEMBERS)
+
+
+async def _random_in_store(
+    svc: KmsService, ctx: RequestContext, store_id: str, number_of_bytes: int | None
+) -> Result:
+    plaintext = await custom_key_stores.generate_random(
+        svc, ctx, store_id, number_of_bytes
+    )
+    return {"Plaintext": plaintext}
+
+
+def custom_key_store_entry(store: CustomKeyStore) -> Result:
+    """A CustomKeyStoresListEntry of DescribeCustomKeyStores."""
+    entry: Result = {
+        "CustomKeyStoreId": store.store_id,
+        "CustomKeyStoreName": store.name,
+        "CloudHsmClusterId": store.cluster_id,
+        "TrustAnchorCertificate": store.trust_anchor,
+        "ConnectionState": store.state.value,
+        "CreationDate": store.created_at,
+        "CustomKeyStoreType": "AWS_CLOUDHSM",
+    }
+    # AWS: ConnectionErrorCode appears only while the state is FAILED.
+    if store.state is ConnectionState.FAILED and store.error_code is not None:
+        entry["ConnectionErrorCode"] = store.error_code
+    return entry
+
+
+async def create_custom_key_store(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    store = await custom_key_stores.create_custom_key_store(
+        svc,
+        ctx,
+        name=p["CustomKeyStoreName"],
+        cluster_id=p.get("CloudHsmClusterId"),
+        trust_anchor=p.get("TrustAnchorCertificate"),
+        password=p.get("KeyStorePassword"),
+        store_type=p.get("CustomKeyStoreType"),
+        xks_members=_xks(p),
+    )
+    return {"CustomKeyStoreId": store.store_id}
+
+
+def describe_custom_key_stores(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    found, marker = custom_key_stores.describe_custom_key_stores(
+        svc,
+        ctx,
+        store_id=p.get("CustomKeyStoreId"),
+        name=p.get("CustomKeyStoreName"),
+        limit=p.get("Limit"),
+        marker=p.get("Marker"),
+    )
+    return _page(
+        {"CustomKeyStores": [custom_key_store_entry(s) for s in found]}, marker
+    )
+
+
+async def connect_custom_key_store(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    await custom_key_stores.connect_custom_key_store(svc, ctx, p["CustomKeyStoreId"])
+    return {}
+
+
+async def disconnect_custom_key_store(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    await custom_key_stores.disconnect_custom_key_store(svc, ctx, p["CustomKeyStoreId"])
+    return {}
+
+
+async def update_custom_key_store(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    await custom_key_stores.update_custom_key_store(
+        svc,
+        ctx,
+        p["CustomKeyStoreId"],
+        new_name=p.get("NewCustomKeyStoreName"),
+        password=p.get("KeyStorePassword"),
+        cluster_id=p.get("CloudHsmClusterId"),
+        xks_members=_xks(p),
+    )
+    return {}
+
+
+async def delete_custom_key_store(
+    svc: KmsService, ctx: RequestContext, p: Params
+) -> Result:
+    await custom_key_stores.delete_custom_key_store(svc, ctx, p["CustomKeyStoreId"])
+    return {}
+
+
 OPERATIONS: Final[Mapping[str, Handler]] = {
     "CreateKey": create_key,
     "DescribeKey": describe_key,
@@ -533,6 +740,15 @@ OPERATIONS: Final[Mapping[str, Handler]] = {
     "GetKeyRotationStatus": get_key_rotation_status,
     "RotateKeyOnDemand": rotate_key_on_demand,
     "ListKeyRotations": list_key_rotations,
+    "GetParametersForImport": get_parameters_for_import,
+    "ImportKeyMaterial": import_key_material,
+    "DeleteImportedKeyMaterial": delete_imported_key_material,
+    "CreateCustomKeyStore": create_custom_key_store,
+    "DescribeCustomKeyStores": describe_custom_key_stores,
+    "ConnectCustomKeyStore": connect_custom_key_store,
+    "DisconnectCustomKeyStore": disconnect_custom_key_store,
+    "UpdateCustomKeyStore": update_custom_key_store,
+    "DeleteCustomKeyStore": delete_custom_key_store,
 }
 
 # Handlers that never await run without a task (cheaper); the rest are coroutines.

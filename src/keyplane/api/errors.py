@@ -40,8 +40,25 @@ AWS_ERRORS: Final[Mapping[type[e.KeyplaneError], tuple[str, int]]] = {
     e.InvalidGrantTokenError: ("InvalidGrantTokenException", 400),
     e.InvalidGrantIdError: ("InvalidGrantIdException", 400),
     e.ConflictError: ("ConflictException", 400),
+    e.IncorrectKeyMaterialError: ("IncorrectKeyMaterialException", 400),
+    e.ExpiredImportTokenError: ("ExpiredImportTokenException", 400),
+    e.InvalidImportTokenError: ("InvalidImportTokenException", 400),
     # The HSM lost a slot the service still names: a server fault, retryable.
     e.KeyUnavailableError: ("KeyUnavailableException", 500),
+    # --- custom key stores
+    e.CustomKeyStoreNotFoundError: ("CustomKeyStoreNotFoundException", 400),
+    e.CustomKeyStoreNameInUseError: ("CustomKeyStoreNameInUseException", 400),
+    e.CustomKeyStoreInvalidStateError: ("CustomKeyStoreInvalidStateException", 400),
+    e.CustomKeyStoreHasKeysError: ("CustomKeyStoreHasCMKsException", 400),
+    e.CloudHsmClusterNotFoundError: ("CloudHsmClusterNotFoundException", 400),
+    e.CloudHsmClusterInUseError: ("CloudHsmClusterInUseException", 400),
+    e.CloudHsmClusterNotActiveError: ("CloudHsmClusterNotActiveException", 400),
+    e.CloudHsmClusterInvalidConfigurationError: (
+        "CloudHsmClusterInvalidConfigurationException",
+        400,
+    ),
+    e.CloudHsmClusterNotRelatedError: ("CloudHsmClusterNotRelatedException", 400),
+    e.IncorrectTrustAnchorError: ("IncorrectTrustAnchorException", 400),
 }
 
 INTERNAL: Final = ("KMSInternalException", 500)

@@ -227,6 +227,22 @@ class Api:
             "batched_items": batcher.items,
             "largest_batch": batcher.largest,
             "keys": len(self.service.keys),
+            # The endpoint is unauthenticated: custom key stores only in aggregate
+            # (ids, clusters and states are each account's own; a store's detail is
+            # in the signed DescribeCloudHsmClusters).
+            "custom_key_stores": self._key_store_totals(),
+        }
+
+    def _key_store_totals(self) -> dict[str, int]:
+        workers = [
+            store.worker
+            for store in self.service.key_stores.stores.values()
+            if store.worker is not None
+        ]
+        return {
+            "connected": len(workers),
+            "batches": sum(w.batcher.batches for w in workers),
+            "batched_items": sum(w.batcher.items for w in workers),
         }
 
 

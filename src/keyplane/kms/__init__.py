@@ -3,6 +3,12 @@ blob. It asks the HSM for cryptography and the store for durability; it knows no
 of HTTP or wire names."""
 
 from keyplane.kms._clock import AdjustableClock
+from keyplane.kms._key_stores import (
+    ClusterSpec,
+    ConnectionState,
+    CustomKeyStore,
+    OwnedCluster,
+)
 from keyplane.kms._model import Alias, KeyGrant, KmsKey
 from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import KeyState
@@ -12,9 +18,13 @@ __all__ = [
     "AdjustableClock",
     "Alias",
     "Caller",
+    "ClusterSpec",
+    "ConnectionState",
+    "CustomKeyStore",
     "KeyGrant",
     "KeyState",
     "KmsKey",
     "KmsService",
+    "OwnedCluster",
     "RequestContext",
 ]

@@ -11,8 +11,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from keyplane.errors import KeyStateError
 from keyplane.hsm import KeySlot, Partition
 from keyplane.kms import _blob
+from keyplane.kms._key_stores import CustomKeyStore
 from keyplane.kms._state import KeyState
 from keyplane.policy import Decision, Grant, PolicyDocument, parse_policy
 from keyplane.storage import AliasRecord, GrantRecord, KeyRecord
@@ -21,6 +23,8 @@ KEY_MANAGER = "CUSTOMER"
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
 ORIGIN_AWS_KMS = "AWS_KMS"
+ORIGIN_EXTERNAL = "EXTERNAL"
+ORIGIN_AWS_CLOUDHSM = "AWS_CLOUDHSM"
 
 
 @dataclass(slots=True)
@@ -51,8 +55,24 @@ class KmsKey:
     # One entry per rotation, oldest first: {"version", "date", "type"}. Material
     # version 1 came with the key and has none.
     rotations: list[dict[str, Any]] = field(default_factory=list)
-    # versions[v - 1] holds material version v; the newest encrypts, all decrypt.
-    versions: list[KeySlot] = field(default_factory=list)
+    # versions[v - 1] holds material version v; the current one encrypts, every one up
+    # to it decrypts. An imported version whose material was deleted or expired is
+    # None, and the key is then PendingImport (or PendingDeletion), which refuses
+    # every cryptographic operation before a slot is looked for.
+    versions: list[KeySlot | None] = field(default_factory=list)
+    # Origin EXTERNAL: one entry per material version (see ``ImportedMaterial``) ...
+    imported: list[dict[str, Any]] = field(default_factory=list)
+    # ... whether the newest version was imported as NEW_KEY_MATERIAL and waits for
+    # RotateKeyOnDemand to make it current ...
+    pending_rotation: bool = False
+    # ... and the unexpired GetParametersForImport answers, newest last.
+    import_parameters: list[dict[str, Any]] = field(default_factory=list)
+    # --- origin AWS_CLOUDHSM: the custom key store the key lives in (its id is
+    # stored; the store itself is looked up at restore), and the store's name for the
+    # key's partition when it is not the account's shared one (a cluster's).
+    custom_key_store_id: str | None = None
+    key_store: CustomKeyStore | None = None
+    stored_partition: str | None = None
 
     # Blob headers by material version: built once, not parsed from the key id on
     # every request.
@@ -82,15 +102,70 @@ class KmsKey:
         self.decisions.clear()
 
     @property
+    def effective_state(self) -> KeyState:
+        """The state AWS reports and checks: a custom key store's key is Unavailable
+        while its store is not connected, unless it is pending deletion (which it
+        stays); the underlying Enabled or Disabled comes back on connect."""
+        store = self.key_store
+        if store is None or store.connected or self.state is KeyState.PENDING_DELETION:
+            return self.state
+        return KeyState.UNAVAILABLE
+
+    @property
+    def cloud_hsm_cluster_id(self) -> str | None:
+        store = self.key_store
+        return None if store is None else store.cluster_id
+
+    @property
     def current_version(self) -> int:
-        return len(self.versions)
+        """The version that encrypts; 0 for an imported key that never had material."""
+        return len(self.versions) - self.pending_rotation
+
+    def slot(self, version: int) -> KeySlot:
+        """The slot of a material version the caller has checked exists.
+
+        Raises:
+            KeyStateError: the version's imported material is gone (only reachable
+                if a state check was skipped: the key is then PendingImport).
+        """
+        slot = self.versions[version - 1]
+        if slot is None:
+            raise KeyStateError(f"{self.arn} is pending import.")
+        return slot
 
     def material_id(self, version: int) -> str:
-        """The KeyMaterialId AWS reports for a material version: 64 hex digits,
-        stable for the key and version (it names material, never reveals it)."""
+        """The KeyMaterialId AWS reports for a material version: 64 hex digits.
+
+        Generated material gets an id stable for the key and version; imported
+        material keeps the id computed from the material itself when it was imported
+        (it names material, never reveals it)."""
+        if self.origin == ORIGIN_EXTERNAL:
+            return str(self.imported[version - 1]["id"])
         return hashlib.sha256(
             f"keyplane-material:{self.key_id}:{version}".encode()
         ).hexdigest()
+
+    def material_expiry(self) -> tuple[str, float | None] | None:
+        """ExpirationModel and ValidTo as DescribeKey reports them for imported
+        material: AWS's ValidTo is the earliest expiry of any material the key depends
+        on (every version up to the current one that holds material), not only the
+        current material's. None for a key that never had imported material."""
+        entries = self.imported[: self.current_version]
+        if not entries:
+            return None
+        held = [
+            e for e, s in zip(entries, self.versions, strict=False) if s is not None
+        ]
+        expiring = [e["valid_to"] for e in held or entries if e.get("valid_to")]
+        if expiring:
+            return "KEY_MATERIAL_EXPIRES", min(expiring)
+        return "KEY_MATERIAL_DOES_NOT_EXPIRE", None
+
+    def missing_material(self) -> bool:
+        """Whether an imported version the key depends on has no material."""
+        return self.current_version == 0 or any(
+            slot is None for slot in self.versions[: self.current_version]
+        )
 
     def blob_header(self, version: int) -> bytes:
         """The ciphertext blob header of this key and material version."""
@@ -114,6 +189,10 @@ class KmsKey:
             "rotation_enabled_at": self.rotation_enabled_at,
             "next_rotation_date": self.next_rotation_date,
             "rotations": [dict(r) for r in self.rotations],
+            "imported": [dict(m) for m in self.imported],
+            "pending_rotation": self.pending_rotation,
+            "import_parameters": [dict(p) for p in self.import_parameters],
+            "custom_key_store_id": self.custom_key_store_id,
         }
 
     def record(
@@ -133,7 +212,7 @@ class KmsKey:
             key_id=self.key_id,
             account=self.account,
             region=self.region,
-            partition=partition_name(self.account),
+            partition=self.stored_partition or partition_name(self.account),
             created_at=self.created_at,
             state=(state or self.state).value,
             metadata=metadata,
@@ -159,6 +238,10 @@ class KmsKey:
         self.rotation_enabled_at = meta.get("rotation_enabled_at")
         self.next_rotation_date = meta.get("next_rotation_date")
         self.rotations = [dict(r) for r in meta.get("rotations", [])]
+        self.imported = [dict(m) for m in meta.get("imported", [])]
+        self.pending_rotation = bool(meta.get("pending_rotation", False))
+        self.import_parameters = [dict(p) for p in meta.get("import_parameters", [])]
+        self.custom_key_store_id = meta.get("custom_key_store_id")
         self.tags = dict(record.tags)
 
 

@@ -37,6 +37,7 @@ class Op(enum.Enum):
     SCHEDULE_DELETION = "schedule-deletion"
     CANCEL_DELETION = "cancel-deletion"
     ROTATION = "rotation"  # EnableKeyRotation, DisableKeyRotation, RotateKeyOnDemand
+    IMPORT = "import"  # GetParametersForImport, ImportKeyMaterial
 
 
 def _disabled(arn: str) -> KeyplaneError:
@@ -91,6 +92,8 @@ _REFUSED: Final[Mapping[Op, Mapping[KeyState, Refusal]]] = {
         PI: _pending_import,
         UN: _unavailable,
     },
+    # Footnote 8: a key pending deletion refuses both with KMSInvalidStateException.
+    Op.IMPORT: {PD: _pending_deletion},
     Op.CANCEL_DELETION: {
         E: _not_pending_deletion,
         D: _not_pending_deletion,

@@ -22,6 +22,7 @@ from keyplane.errors import (
 )
 from keyplane.kms import _blob
 from keyplane.kms._model import ENCRYPT_DECRYPT, SYMMETRIC_DEFAULT, KmsKey
+from keyplane.kms._quota import SYMMETRIC
 from keyplane.kms._service import KmsService, RequestContext, with_request_alias
 from keyplane.kms._state import Op, require
 
@@ -67,7 +68,8 @@ class ReSealed:
 
 def _usable(key: KmsKey, algorithm: str | None, dry_run: bool) -> None:
     """The checks every cryptographic operation makes once it has its key."""
-    require(key.state, Op.CRYPTO, key.arn)
+    # A custom key store's key is Unavailable while its store is not connected.
+    require(key.effective_state, Op.CRYPTO, key.arn)
     if key.key_usage != ENCRYPT_DECRYPT or key.key_spec != SYMMETRIC_DEFAULT:
         raise InvalidKeyUsageError(
             f"{key.arn} key usage is {key.key_usage} which is not valid for this "
@@ -100,7 +102,9 @@ async def encrypt(
         NotFoundError: no such key or alias.
         DisabledError, KeyStateError: the key's state refuses encryption.
         InvalidKeyUsageError: not a symmetric encryption key.
+        ThrottlingError: the caller's account is over its request quota.
     """
+    svc.quotas.charge(ctx.account, SYMMETRIC)
     if not 1 <= len(plaintext) <= MAX_PLAINTEXT_BYTES:
         raise ValidationError(
             "1 validation error detected: Value at 'plaintext' failed to satisfy "
@@ -119,18 +123,23 @@ async def encrypt(
         values=ALGORITHM_VALUES,
     )
     _usable(key, encryption_algorithm, dry_run)
-    blob, _ = await _seal(svc, key, plaintext, encryption_context)
+    blob, _ = await _seal(svc, key, plaintext, encryption_context, ctx.account)
     return Sealed(key, blob)
 
 
 async def _seal(
-    svc: KmsService, key: KmsKey, plaintext: bytes, context: Mapping[str, str] | None
+    svc: KmsService,
+    key: KmsKey,
+    plaintext: bytes,
+    context: Mapping[str, str] | None,
+    tenant: str = "",
 ) -> tuple[bytes, int]:
-    """The blob, sealed under the key's current material, and that version."""
+    """The blob, sealed under the key's current material, and that version;
+    ``tenant`` (the caller's account) is whom the HSM's scheduler counts it to."""
     version = key.current_version
     head = key.blob_header(version)
-    sealed = await svc.batcher.encrypt(
-        key.versions[version - 1], plaintext, _blob.aad(head, context)
+    sealed = await svc.batcher_for(key).encrypt(
+        key.slot(version), plaintext, _blob.aad(head, context), tenant
     )
     return head + sealed, version
 
@@ -152,10 +161,11 @@ async def decrypt(
         IncorrectKeyError: ``key_id`` names another key than the blob's.
         DisabledError, KeyStateError: the key's state refuses decryption.
     """
+    svc.quotas.charge(ctx.account, SYMMETRIC)
     head, sealed = _blob.parse(ciphertext_blob)
     key = authorized_blob_key(svc, ctx, "kms:Decrypt", head, key_id, encryption_context)
     _usable(key, encryption_algorithm, dry_run)
-    plaintext = await _open(svc, key, head, sealed, encryption_context)
+    plaintext = await _open(svc, key, head, sealed, encryption_context, ctx.account)
     return Opened(key, plaintext, head.material_version)
 
 
@@ -206,11 +216,14 @@ async def _open(
     head: _blob.BlobHeader,
     sealed: bytes,
     context: Mapping[str, str] | None,
+    tenant: str = "",
 ) -> bytes:
     if not 1 <= head.material_version <= key.current_version:
         raise InvalidCiphertextError("")
-    slot = key.versions[head.material_version - 1]
-    return await svc.batcher.decrypt(slot, sealed, _blob.aad(head.header, context))
+    slot = key.slot(head.material_version)
+    return await svc.batcher_for(key).decrypt(
+        slot, sealed, _blob.aad(head.header, context), tenant
+    )
 
 
 async def re_encrypt(
@@ -228,6 +241,7 @@ async def re_encrypt(
 ) -> ReSealed:
     """AWS ReEncrypt: open under the source key and seal under the destination key;
     the plaintext never leaves the service."""
+    svc.quotas.charge(ctx.account, SYMMETRIC)
     head, sealed = _blob.parse(ciphertext_blob)
     source = authorized_blob_key(
         svc, ctx, "kms:ReEncryptFrom", head, source_key_id, source_encryption_context
@@ -241,9 +255,11 @@ async def re_encrypt(
     )
     _usable(source, source_encryption_algorithm, False)
     _usable(destination, destination_encryption_algorithm, dry_run)
-    plaintext = await _open(svc, source, head, sealed, source_encryption_context)
+    plaintext = await _open(
+        svc, source, head, sealed, source_encryption_context, ctx.account
+    )
     blob, version = await _seal(
-        svc, destination, plaintext, destination_encryption_context
+        svc, destination, plaintext, destination_encryption_context, ctx.account
     )
     return ReSealed(source, destination, blob, head.material_version, version)
 
@@ -274,13 +290,14 @@ async def generate_data_key(
 ) -> DataKey:
     """AWS GenerateDataKey (and, with its ``action``, GenerateDataKeyWithoutPlaintext):
     a fresh data key, in plaintext and sealed under the key."""
+    svc.quotas.charge(ctx.account, SYMMETRIC)
     size = data_key_bytes(number_of_bytes, key_spec)
     key = svc.authorized(ctx, action, key_id, encryption_context=encryption_context)
     _usable(key, None, dry_run)
     version = key.current_version
     head = key.blob_header(version)
-    plaintext, sealed = await svc.batcher.generate_data_key(
-        key.versions[version - 1], size, _blob.aad(head, encryption_context)
+    plaintext, sealed = await svc.batcher_for(key).generate_data_key(
+        key.slot(version), size, _blob.aad(head, encryption_context), ctx.account
     )
     return DataKey(key, plaintext, head + sealed, version)
 
@@ -289,6 +306,7 @@ def generate_random(
     svc: KmsService, ctx: RequestContext, number_of_bytes: int | None
 ) -> bytes:
     """AWS GenerateRandom: 1..1024 bytes from the HSM's random source."""
+    svc.quotas.charge(ctx.account, SYMMETRIC)
     svc.access.check_account(ctx, "kms:GenerateRandom")
     if number_of_bytes is None:
         raise ValidationError("Please specify number of bytes.")

@@ -15,13 +15,16 @@ from keyplane.errors import (
 from keyplane.kms._arn import is_key_id, key_arn
 from keyplane.kms._model import (
     ENCRYPT_DECRYPT,
+    ORIGIN_AWS_CLOUDHSM,
     ORIGIN_AWS_KMS,
+    ORIGIN_EXTERNAL,
     SYMMETRIC_DEFAULT,
     KmsKey,
     material_context,
 )
 from keyplane.kms._service import KmsService, RequestContext
 from keyplane.kms._state import KeyState, Op, require
+from keyplane.kms.ops import custom_key_stores
 from keyplane.kms.ops._paging import page
 from keyplane.kms.ops.policies import checked_policy
 from keyplane.kms.ops.tags import check_tags, request_tag_values
@@ -103,18 +106,31 @@ async def create_key(
         )
     if usage != ENCRYPT_DECRYPT:
         raise ValidationError(f"KeyUsage {usage} is not compatible with KeySpec {spec}")
-    if (origin or ORIGIN_AWS_KMS) != ORIGIN_AWS_KMS:
+    origin = origin or ORIGIN_AWS_KMS
+    if multi_region:
         raise UnsupportedOperationError(
-            f"Origin {origin} is not supported by keyplane yet."
+            "Multi-Region keys are not supported by keyplane yet."
         )
-    if custom_key_store_id is not None or multi_region:
+    # --- origin EXTERNAL (imported material): see keyplane.kms.ops.imports
+    external = origin == ORIGIN_EXTERNAL
+    # --- origin AWS_CLOUDHSM (custom key stores): see ops.custom_key_stores
+    store = None
+    if origin == ORIGIN_AWS_CLOUDHSM or custom_key_store_id is not None:
+        store = custom_key_stores.store_for_new_key(
+            svc, ctx, origin, custom_key_store_id
+        )
+    elif origin not in (ORIGIN_AWS_KMS, ORIGIN_EXTERNAL):
         raise UnsupportedOperationError(
-            "Custom key stores and multi-Region keys are not supported by keyplane yet."
+            f"Origin {origin} is not supported by keyplane."
         )
     tag_map = dict(tags or {})
     check_tags(tag_map)
 
-    partition = await svc.partition_for(ctx.account)
+    partition = (
+        custom_key_stores.partition_of(svc, store)
+        if store is not None
+        else await svc.partition_for(ctx.account)
+    )
     key_id = str(uuid.uuid4())
     key = KmsKey(
         key_id=key_id,
@@ -123,11 +139,12 @@ async def create_key(
         arn=key_arn(svc.region, ctx.account, key_id),
         partition=partition,
         created_at=svc.clock(),
-        state=KeyState.ENABLED,
+        # An imported key has no material until ImportKeyMaterial gives it some.
+        state=KeyState.PENDING_IMPORT if external else KeyState.ENABLED,
         description=description,
         key_usage=usage,
         key_spec=spec,
-        origin=ORIGIN_AWS_KMS,
+        origin=origin,
         policy=policy or default_policy(ctx.account),
         tags=tag_map,
     )
@@ -139,6 +156,12 @@ async def create_key(
             policy,
             bypass_lockout_check=bypass_policy_lockout_safety_check,
         )
+    if store is not None:
+        return await custom_key_stores.create_key_in_store(svc, key, store)
+    if external:
+        await svc.write(svc.store.create_key, key.record(), None)
+        svc.keys[key_id] = key
+        return key
     slot = partition.generate_key()
     try:
         material = MaterialRecord(
@@ -251,13 +274,13 @@ async def schedule_key_deletion(
 async def cancel_key_deletion(
     svc: KmsService, ctx: RequestContext, key_id: str
 ) -> KmsKey:
-    """AWS CancelKeyDeletion: back to Disabled, as AWS does."""
+    """AWS CancelKeyDeletion: back to Disabled, as AWS does (PendingImport for an
+    imported key whose material was deleted meanwhile)."""
     async with svc.control:
         key = svc.authorized(ctx, "kms:CancelKeyDeletion", key_id, aliases=False)
         require(key.state, Op.CANCEL_DELETION, key.arn)
-        record = key.record(
-            state=KeyState.DISABLED, deletion_date=None, pending_window_days=None
-        )
+        state = KeyState.PENDING_IMPORT if key.missing_material() else KeyState.DISABLED
+        record = key.record(state=state, deletion_date=None, pending_window_days=None)
         await svc.write(svc.store.update_key, record)
         key.apply(record)
         return key

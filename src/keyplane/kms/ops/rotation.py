@@ -18,12 +18,14 @@ from typing import Any, Final
 from keyplane.errors import (
     ConflictError,
     KeyplaneError,
+    KeyStateError,
     LimitExceededError,
     UnsupportedOperationError,
     ValidationError,
 )
 from keyplane.kms._model import (
     ORIGIN_AWS_KMS,
+    ORIGIN_EXTERNAL,
     SYMMETRIC_DEFAULT,
     KmsKey,
     material_context,
@@ -61,14 +63,25 @@ class RotationEntry:
     def current(self) -> bool:
         return self.version == self.key.current_version
 
+    @property
+    def state(self) -> str:
+        """KeyMaterialState: imported material waiting for RotateKeyOnDemand is
+        PENDING_ROTATION."""
+        if self.version > self.key.current_version:
+            return "PENDING_ROTATION"
+        return "CURRENT" if self.current else "NON_CURRENT"
 
-def _rotatable(key: KmsKey) -> None:
-    """Refuse keys AWS does not rotate (EnableKeyRotation's API reference).
+
+def _rotatable(key: KmsKey, *, on_demand: bool = False) -> None:
+    """Refuse keys AWS does not rotate (EnableKeyRotation's API reference); with
+    ``on_demand``, keys with imported material rotate too (RotateKeyOnDemand's and
+    ListKeyRotations' current API reference: to new material imported beforehand).
 
     Raises:
         UnsupportedOperationError: with AWS's message.
     """
-    if key.origin != ORIGIN_AWS_KMS:
+    allowed = (ORIGIN_AWS_KMS, ORIGIN_EXTERNAL) if on_demand else (ORIGIN_AWS_KMS,)
+    if key.origin not in allowed:
         raise UnsupportedOperationError(
             f"{key.arn} origin is {key.origin} which is not valid for this operation."
         )
@@ -174,7 +187,12 @@ async def rotate_key_on_demand(
     async with svc.control:
         key = svc.authorized(ctx, "kms:RotateKeyOnDemand", key_id, aliases=False)
         require(key.state, Op.ROTATION, key.arn)
-        _rotatable(key)
+        _rotatable(key, on_demand=True)
+        if key.origin == ORIGIN_EXTERNAL and not key.pending_rotation:
+            raise KeyStateError(
+                f"{key.arn} has no key material in PENDING_ROTATION state. Import new "
+                "key material (ImportType NEW_KEY_MATERIAL) before rotating the key."
+            )
         done = sum(1 for r in key.rotations if r["type"] == ON_DEMAND)
         if done >= svc.on_demand_rotation_limit:
             raise LimitExceededError(
@@ -190,8 +208,26 @@ async def rotate_key_on_demand(
                 f"An automatic rotation of {key.arn} is in progress or scheduled to "
                 "begin within the next 20 minutes."
             )
-        await rotate(svc, key, ON_DEMAND, now)
+        if key.origin == ORIGIN_EXTERNAL:
+            await _rotate_to_imported(svc, key, now)
+        else:
+            await rotate(svc, key, ON_DEMAND, now)
         return key
+
+
+async def _rotate_to_imported(svc: KmsService, key: KmsKey, now: float) -> None:
+    """Make the imported material that waits for rotation current: it was stored
+    when it was imported, so only the key's record changes."""
+    version = len(key.versions)
+    record = key.record(
+        pending_rotation=False,
+        rotations=[
+            *key.rotations,
+            {"version": version, "date": now, "type": ON_DEMAND},
+        ],
+    )
+    await svc.write(svc.store.update_key, record)
+    key.apply(record)
 
 
 def list_key_rotations(
@@ -202,16 +238,27 @@ def list_key_rotations(
     limit: int | None,
     marker: str | None,
 ) -> tuple[list[RotationEntry], str | None]:
-    """AWS ListKeyRotations: the rotations, oldest first; with ALL_KEY_MATERIAL the
-    key's first material too (which no rotation made)."""
+    """AWS ListKeyRotations: the rotations, oldest first; with ALL_KEY_MATERIAL every
+    material version, including those no rotation made (the first, and imported
+    material waiting for rotation)."""
     key = svc.authorized(ctx, "kms:ListKeyRotations", key_id, aliases=False)
     require(key.state, Op.DESCRIBE, key.arn)
-    _rotatable(key)
+    _rotatable(key, on_demand=True)
+    rotated = {r["version"]: r for r in key.rotations}
+    versions = (
+        range(1, len(key.versions) + 1)
+        if include == ALL_KEY_MATERIAL
+        else sorted(rotated)
+    )
     entries = [
-        RotationEntry(key, r["version"], r["date"], r["type"]) for r in key.rotations
+        RotationEntry(
+            key,
+            v,
+            rotated[v]["date"] if v in rotated else None,
+            rotated[v]["type"] if v in rotated else None,
+        )
+        for v in versions
     ]
-    if include == ALL_KEY_MATERIAL:
-        entries.insert(0, RotationEntry(key, 1, None, None))
     # Markers are zero-padded versions, so that they sort as the versions do.
     return page(
         entries,
